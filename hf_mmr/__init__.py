@@ -1,0 +1,20 @@
+"""Multi-margin regularization and minimal margin scores for Hugging Face classifiers."""
+
+from .arguments import MMRConfigError, MMRTrainingArguments
+from .head import FeatureCapture, HeadNotFoundError, find_classifier_head
+from .margins import minimal_margin_scores, mmr_penalty, squared_radius
+from .trainer import MMRTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeatureCapture",
+    "MMRConfigError",
+    "HeadNotFoundError",
+    "MMRTrainer",
+    "MMRTrainingArguments",
+    "find_classifier_head",
+    "minimal_margin_scores",
+    "mmr_penalty",
+    "squared_radius",
+]

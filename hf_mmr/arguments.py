@@ -1,0 +1,74 @@
+"""``MMRTrainingArguments``: ``TrainingArguments`` plus the multi-margin regularization settings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+class MMRConfigError(ValueError):
+    """An MMR setting that cannot work; the message names the setting and what to change."""
+
+
+@dataclass
+class MMRTrainingArguments(TrainingArguments):
+    """Training arguments of ``MMRTrainer``; with the defaults it trains exactly like ``Trainer``."""
+
+    mmr_lambda: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the MMR penalty added to the classification loss (0 = plain Trainer)."},
+    )
+    mmr_lambda_start: float | None = field(
+        default=None,
+        metadata={
+            "help": "MMR weight at step 0; it moves linearly to mmr_lambda over mmr_lambda_warmup_ratio of the "
+            "training steps. Default: mmr_lambda (a constant weight)."
+        },
+    )
+    mmr_lambda_warmup_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of the training steps over which the MMR weight goes from mmr_lambda_start to "
+                  "mmr_lambda (0 = no ramp)."},
+    )
+    mmr_top_k: int = field(
+        default=1,
+        metadata={"help": "Number of strongest wrong classes penalized per example (1 <= k <= num_labels - 1)."},
+    )
+    mmr_detach_radius: bool = field(
+        default=False,
+        metadata={"help": "Stop the gradient through the feature radius R (by default R is optimized too)."},
+    )
+    mmr_head: str | None = field(
+        default=None,
+        metadata={"help": "Module path of the final nn.Linear that produces the logits, e.g. 'classifier.out_proj'. "
+                  "Default: found automatically."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.mmr_lambda_start is None:
+            self.mmr_lambda_start = self.mmr_lambda
+        for name in ("mmr_lambda", "mmr_lambda_start"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise MMRConfigError(f"--{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.mmr_lambda_warmup_ratio <= 1.0:
+            raise MMRConfigError(f"--mmr_lambda_warmup_ratio must be in [0, 1], got {self.mmr_lambda_warmup_ratio!r}")
+        if isinstance(self.mmr_top_k, bool) or not isinstance(self.mmr_top_k, int) or self.mmr_top_k < 1:
+            raise MMRConfigError(f"--mmr_top_k must be an integer >= 1, got {self.mmr_top_k!r}")
+        if self.mmr_head is not None and not self.mmr_head.strip():
+            raise MMRConfigError("--mmr_head must be a module path such as 'classifier', or left unset")
+        super().__post_init__()
+
+    @property
+    def mmr_enabled(self) -> bool:
+        """Whether the penalty is ever added (otherwise training is the plain Trainer's)."""
+        return self.mmr_lambda > 0 or self.mmr_lambda_start > 0
+
+    def mmr_lambda_at(self, step: int, max_steps: int) -> float:
+        """MMR weight at optimizer step ``step`` of ``max_steps``: linear from start to mmr_lambda, then constant."""
+        ramp_steps = self.mmr_lambda_warmup_ratio * max_steps
+        if ramp_steps <= 0 or step >= ramp_steps:
+            return float(self.mmr_lambda)
+        return float(self.mmr_lambda_start + (self.mmr_lambda - self.mmr_lambda_start) * step / ramp_steps)

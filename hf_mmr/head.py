@@ -1,0 +1,111 @@
+"""Find the final linear layer of a classifier and capture its input during the forward pass."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class HeadNotFoundError(ValueError):
+    """The model's logits do not come from a final ``nn.Linear`` that could be found."""
+
+
+def _num_labels(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "num_labels", None)
+
+
+def find_classifier_head(model: nn.Module, head_path: str | None = None) -> tuple[str, nn.Linear]:
+    """Return ``(path, module)`` of the ``nn.Linear`` that produces the logits.
+
+    With ``head_path`` (the ``mmr_head`` setting) that module is used. Otherwise the last
+    registered ``nn.Linear`` whose ``out_features`` equals ``config.num_labels`` is taken:
+    heads are registered after the encoder, and wrappers that keep a frozen copy of the head
+    (PEFT's ``modules_to_save``) register the trained copy last. LoRA adapter matrices are
+    never heads. A model without ``config.num_labels`` falls back to its last ``nn.Linear``.
+    """
+    if head_path:
+        try:
+            module = model.get_submodule(head_path)
+        except AttributeError:
+            raise HeadNotFoundError(f"mmr_head={head_path!r} names no module of {type(model).__name__}") from None
+        if not isinstance(module, nn.Linear):
+            raise HeadNotFoundError(
+                f"mmr_head={head_path!r} is a {type(module).__name__}, not an nn.Linear; name the final linear layer"
+            )
+        return head_path, module
+
+    num_labels = _num_labels(model)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and "lora_" not in name
+        and (num_labels is None or module.out_features == num_labels)
+    ]
+    if not candidates:
+        raise HeadNotFoundError(
+            f"found no nn.Linear with {num_labels} outputs in {type(model).__name__}; "
+            "set mmr_head to the module path of the layer that produces the logits"
+        )
+    return candidates[-1]
+
+
+class FeatureCapture:
+    """Forward pre-hook that keeps the latest input of the head, so no second forward pass is needed.
+
+    Use as a context manager or call ``remove()``; ``features`` is the (N, d) input of the last call.
+    """
+
+    def __init__(self, head: nn.Linear, head_path: str):
+        self.head = head
+        self.head_path = head_path
+        self.features: torch.Tensor | None = None
+        self._handle = head.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        self.features = args[0]
+
+    def pop(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return the captured features of the forward pass that produced ``logits`` and forget them."""
+        features, self.features = self.features, None
+        if features is None:
+            raise HeadNotFoundError(
+                f"the head {self.head_path!r} was not called in the forward pass; set mmr_head to the layer that "
+                "produces the logits"
+            )
+        if (
+            features.dim() != 2
+            or logits.dim() != 2
+            or features.shape[0] != logits.shape[0]
+            or self.head.out_features != logits.shape[1]
+        ):
+            raise HeadNotFoundError(
+                f"the head {self.head_path!r} got input of shape {tuple(features.shape)} for logits of shape "
+                f"{tuple(logits.shape)}; MMR needs the final nn.Linear that maps (N, d) features to the (N, C) "
+                "logits: set mmr_head to it"
+            )
+        return features
+
+    def check_reproduces(self, features: torch.Tensor, logits: torch.Tensor) -> None:
+        """Fail clearly unless ``W h + b`` equals the logits (the head is really the last layer)."""
+        with torch.no_grad():
+            recomputed = nn.functional.linear(features.float(), self.head.weight.float(), _bias(self.head))
+            if not torch.allclose(recomputed, logits.float(), rtol=1e-2, atol=1e-2):
+                raise HeadNotFoundError(
+                    f"the logits are not W h + b of {self.head_path!r}: something runs after it; set mmr_head to the "
+                    "final nn.Linear that produces the logits"
+                )
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> "FeatureCapture":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _bias(linear: nn.Linear) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.float()

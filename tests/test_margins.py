@@ -1,0 +1,157 @@
+"""The margin math against brute-force loops, gradcheck, and degenerate inputs."""
+
+import pytest
+import torch
+
+from hf_mmr import minimal_margin_scores, mmr_penalty, squared_radius
+
+
+def brute_force_penalty(h, W, y, z, k):
+    """MMR = mean_i mean_{j in J_i} R^2 ||w_{y_i} - w_j||^2, looping over examples and classes."""
+    R = max(float(torch.linalg.norm(row)) for row in h)
+    total = 0.0
+    for i in range(h.shape[0]):
+        wrong = sorted((c for c in range(W.shape[0]) if c != int(y[i])), key=lambda c: -float(z[i, c]))[:k]
+        total += sum(R**2 * float(((W[y[i]] - W[j]) ** 2).sum()) for j in wrong) / k
+    return total / h.shape[0]
+
+
+def brute_force_mms(z, W):
+    """MMS_i = min_{j != p_i} (z_p - z_j) / ||w_p - w_j||, looping over examples and classes."""
+    scores = []
+    for i in range(z.shape[0]):
+        p = int(torch.argmax(z[i]))
+        scores.append(min(float((z[i, p] - z[i, j]) / torch.linalg.norm(W[p] - W[j])) for j in range(W.shape[0]) if j != p))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def random_head(n, c, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g, dtype=torch.float64)
+    W = torch.randn(c, d, generator=g, dtype=torch.float64)
+    b = torch.randn(c, generator=g, dtype=torch.float64)
+    y = torch.randint(0, c, (n,), generator=g)
+    return h, W, b, y
+
+
+@pytest.mark.parametrize("c", [2, 3, 5, 10])
+def test_penalty_matches_brute_force_for_every_k(c):
+    h, W, b, y = random_head(9, c, 6, seed=c)
+    z = h @ W.T + b
+    for k in range(1, c):
+        got = mmr_penalty(h, W, y, logits=z, top_k=k)
+        assert got.item() == pytest.approx(brute_force_penalty(h, W, y, z, k), rel=1e-10)
+
+
+def test_penalty_with_k1_is_squared_radius_times_gap_to_strongest_wrong_class():
+    h, W, b, y = random_head(7, 4, 5, seed=0)
+    z = h @ W.T + b
+    R = h.norm(dim=1).max()
+    wrong = z.clone()
+    wrong[torch.arange(7), y] = -float("inf")
+    j = wrong.argmax(dim=1)
+    expected = ((R * (W[y] - W[j]).norm(dim=1)) ** 2).mean()
+    assert mmr_penalty(h, W, y, logits=z).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_penalty_defaults_to_bias_free_logits_and_explicit_radius():
+    h, W, _, y = random_head(6, 3, 4, seed=1)
+    assert mmr_penalty(h, W, y).item() == pytest.approx(brute_force_penalty(h, W, y, h @ W.T, 1), rel=1e-12)
+    ratio = mmr_penalty(h, W, y, radius=2.0) / mmr_penalty(h, W, y, radius=1.0)
+    assert ratio.item() == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("c", [2, 3, 5, 10])
+def test_mms_matches_brute_force(c):
+    h, W, b, _ = random_head(11, c, 6, seed=10 + c)
+    z = h @ W.T + b
+    torch.testing.assert_close(minimal_margin_scores(z, W), brute_force_mms(z, W), rtol=1e-10, atol=1e-12)
+
+
+def test_mms_is_the_euclidean_distance_to_the_decision_boundary():
+    h, W, b, _ = random_head(5, 2, 3, seed=3)
+    z = h @ W.T + b
+    mms = minimal_margin_scores(z, W)
+    # Moving each h along the normal of the boundary by MMS (plus a hair) flips the prediction.
+    p = z.argmax(dim=1)
+    normal = (W[1 - p] - W[p]) / (W[1 - p] - W[p]).norm(dim=1, keepdim=True)
+    moved = h + normal * (mms[:, None] * (1 + 1e-6))
+    assert torch.all((moved @ W.T + b).argmax(dim=1) != p)
+    just_short = h + normal * (mms[:, None] * (1 - 1e-6))
+    assert torch.all((just_short @ W.T + b).argmax(dim=1) == p)
+
+
+@pytest.mark.parametrize("c,k", [(2, 1), (3, 2), (5, 3)])
+def test_penalty_gradcheck(c, k):
+    h, W, b, y = random_head(4, c, 3, seed=20 + c)
+    h.requires_grad_(True)
+    W.requires_grad_(True)
+    # Logits from fresh values so that the ranking (a non-differentiable choice) stays fixed.
+    z = (h @ W.T + b).detach()
+    assert torch.autograd.gradcheck(lambda h, W: mmr_penalty(h, W, y, logits=z, top_k=k), (h, W))
+
+
+@pytest.mark.parametrize("c", [2, 4])
+def test_mms_gradcheck(c):
+    h, W, b, _ = random_head(5, c, 3, seed=30 + c)
+    z = (h @ W.T + b).requires_grad_(True)
+    W.requires_grad_(True)
+    assert torch.autograd.gradcheck(minimal_margin_scores, (z, W))
+
+
+def test_equal_class_rows_and_zero_features_stay_finite():
+    W = torch.ones(3, 4, requires_grad=True)  # every pairwise distance is zero
+    h = torch.zeros(5, 4, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    z = h @ W.T + torch.tensor([0.0, 1.0, 2.0])
+    penalty = mmr_penalty(h, W, y, logits=z)
+    mms = minimal_margin_scores(z, W)
+    assert penalty.item() == 0.0
+    assert torch.isfinite(mms).all()
+    (penalty + mms.sum()).backward()
+    assert torch.isfinite(h.grad).all() and torch.isfinite(W.grad).all()
+
+
+def test_zero_features_give_zero_radius_and_finite_gradient():
+    h = torch.zeros(3, 4, requires_grad=True)
+    r2 = squared_radius(h)
+    r2.backward()
+    assert r2.item() == 0.0 and torch.equal(h.grad, torch.zeros_like(h))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_math_runs_in_float32_under_autocast(dtype):
+    h, W, b, y = (t.float() if t.is_floating_point() else t for t in random_head(8, 3, 16, seed=5))
+    h = h * 1e3  # R^2 ~ 1e7: overflows float16 (max 65504) if computed in it
+    with torch.autocast("cpu", dtype=dtype):
+        penalty = mmr_penalty(h.to(dtype), W.to(dtype), y)
+        mms = minimal_margin_scores((h @ W.T).to(dtype), W.to(dtype))
+    assert penalty.dtype == torch.float32 and mms.dtype == torch.float32
+    assert torch.isfinite(penalty) and torch.isfinite(mms).all()
+    reference = mmr_penalty(h.to(dtype).float(), W.to(dtype).float(), y)
+    assert penalty.item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_top_k_out_of_range_is_a_clear_error():
+    h, W, _, y = random_head(3, 3, 2, seed=0)
+    for k in (0, 3):
+        with pytest.raises(ValueError, match="top_k"):
+            mmr_penalty(h, W, y, top_k=k)
+
+
+def test_penalty_is_invariant_to_batch_order():
+    h, W, b, y = random_head(8, 4, 5, seed=7)
+    z = h @ W.T + b
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    assert mmr_penalty(h[perm], W, y[perm], z[perm], top_k=2).item() == pytest.approx(
+        mmr_penalty(h, W, y, z, top_k=2).item(), rel=1e-12
+    )
+    torch.testing.assert_close(minimal_margin_scores(z[perm], W), minimal_margin_scores(z, W)[perm])
+
+
+def test_mms_is_zero_on_a_tie():
+    W = torch.eye(3)
+    z = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0]])
+    mms = minimal_margin_scores(z, W)
+    assert mms[0].item() == 0.0 and mms[1].item() > 0
+    assert mms.shape == (2,)
