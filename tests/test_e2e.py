@@ -1,0 +1,108 @@
+"""run_glue_mmr.py end to end on real MRPC with the packaged MiniLM, through the real command line."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
+
+
+def run_script(*args, env=None, timeout=600):
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def mrpc_run(glue_dir, tmp_path_factory):
+    """30 MMR steps on real MRPC, configured by a YAML file whose mmr_lambda a flag overrides."""
+    work = tmp_path_factory.mktemp("mrpc")
+    config = work / "mrpc.yaml"
+    config.write_text(
+        f"task_name: mrpc\nglue_dir: {glue_dir}\ndo_train: true\ndo_eval: true\noutput_dir: {work / 'out'}\n"
+        "max_steps: 30\nper_device_train_batch_size: 16\nlearning_rate: 5.0e-5\npad_to_max_length: false\n"
+        "max_eval_samples: 96\nlogging_steps: 10\nsave_steps: 15\nseed: 42\nmmr_lambda: 0.0\nreport_to: none\n"
+    )
+    result = run_script(str(config), "--mmr_lambda", "0.1", "--mmr_top_k", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work / "out"
+
+
+@pytest.mark.e2e
+def test_outputs_like_run_glue(mrpc_run):
+    for name in ("train_results.json", "eval_results.json", "all_results.json", "trainer_state.json",
+                 "config.json", "model.safetensors", "tokenizer.json", "README.md"):
+        assert (mrpc_run / name).is_file(), name
+    assert (mrpc_run / "checkpoint-15").is_dir() and (mrpc_run / "checkpoint-30").is_dir()
+    results = json.loads((mrpc_run / "all_results.json").read_text())
+    assert results["eval_samples"] == 96
+    assert 0.5 <= results["eval_accuracy"] <= 1.0 and 0.0 <= results["eval_f1"] <= 1.0
+    config = json.loads((mrpc_run / "config.json").read_text())
+    assert config["id2label"] == {"0": "not_equivalent", "1": "equivalent"}
+
+
+@pytest.mark.e2e
+def test_flag_overrides_config_file_and_diagnostics_are_logged(mrpc_run):
+    history = json.loads((mrpc_run / "trainer_state.json").read_text())["log_history"]
+    steps = [entry for entry in history if "loss" in entry]
+    assert [entry["step"] for entry in steps] == [10, 20, 30]
+    for entry in steps:
+        assert entry["mmr/lambda"] == 0.1
+        assert entry["mmr/penalty"] > 0 and entry["mmr/radius"] > 0 and entry["mms/mean"] >= 0
+
+
+@pytest.mark.e2e
+def test_saved_model_reloads_without_hf_mmr(mrpc_run, glue_dir):
+    """A plain transformers process reproduces the eval accuracy from the saved folder."""
+    code = f"""
+import csv, sys, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained({str(mrpc_run)!r}).eval()
+tokenizer = AutoTokenizer.from_pretrained({str(mrpc_run)!r})
+with open({os.path.join(glue_dir, 'MRPC', 'dev.tsv')!r}, encoding="utf-8-sig") as f:
+    rows = list(csv.reader(f, delimiter="\\t", quoting=csv.QUOTE_NONE))[1:97]
+batch = tokenizer([r[3] for r in rows], [r[4] for r in rows], truncation=True, max_length=128, padding=True,
+                  return_tensors="pt")
+with torch.no_grad():
+    predicted = model(**batch).logits.argmax(-1).tolist()
+assert "hf_mmr" not in sys.modules
+print(sum(int(p == int(r[0])) for p, r in zip(predicted, rows)) / len(rows))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = float(result.stdout.strip().splitlines()[-1])
+    expected = json.loads((mrpc_run / "eval_results.json").read_text())["eval_accuracy"]
+    assert accuracy == pytest.approx(expected, abs=1e-9)
+
+
+def test_non_empty_output_dir_is_refused_and_untouched(glue_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_script("--task_name", "mrpc", "--glue_dir", glue_dir, "--do_train", "--output_dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "--output_dir" in result.stderr and "--overwrite_output_dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("offline", ["1", "0"])
+def test_unreachable_hub_fails_fast_naming_local_options(tmp_path, offline):
+    # This machine has no route to the Hub; with HF_HUB_OFFLINE=0 the probe itself must fail fast.
+    start = time.monotonic()
+    result = run_script("--task_name", "mrpc", "--do_train", "--output_dir", str(tmp_path / "out"),
+                        env={"HF_HUB_OFFLINE": offline})
+    if offline == "0" and result.returncode == 0:
+        pytest.skip("the Hub is reachable from this machine")
+    assert result.returncode == 2 and "--glue_dir" in result.stderr and "--train_file" in result.stderr
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_model_names_a_local_path(glue_dir, tmp_path):
+    result = run_script("--task_name", "rte", "--glue_dir", glue_dir, "--do_eval", "--output_dir", str(tmp_path),
+                        "--model_name_or_path", "some-org/not-cached-model", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and "local model path" in result.stderr, result.stderr[-2000:]

@@ -1,0 +1,146 @@
+"""MMRTrainer against the plain Trainer on tiny models and synthetic data."""
+
+import math
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, minimal_margin_scores, mmr_penalty
+
+from conftest import tiny_model
+
+
+def synthetic_dataset(n=32, num_labels=3, length=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (n, length), generator=g)
+    labels = torch.randint(0, num_labels, (n,), generator=g)
+    return [{"input_ids": ids[i], "attention_mask": torch.ones(length, dtype=torch.long), "labels": labels[i]}
+            for i in range(n)]
+
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def train(trainer_cls, args_cls, tmp_path, model_type="bert", num_labels=3, model_overrides=None, **kwargs):
+    settings = {"per_device_train_batch_size": 8, "max_steps": 4, "learning_rate": 1e-3, "logging_steps": 1,
+                "save_strategy": "no", "report_to": "none", "seed": 7, "disable_tqdm": True}
+    args = args_cls(output_dir=str(tmp_path), **{**settings, **kwargs})
+    model = tiny_model(model_type, num_labels=num_labels, seed=1, **(model_overrides or {}))
+    trainer = trainer_cls(model=model, args=args, train_dataset=synthetic_dataset(num_labels=num_labels))
+    trainer.train()
+    return trainer
+
+
+def step_logs(trainer):
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_lambda_zero_is_bit_for_bit_the_plain_trainer(tmp_path):
+    plain = train(Trainer, TrainingArguments, tmp_path / "plain", gradient_accumulation_steps=2)
+    mmr = train(MMRTrainer, MMRTrainingArguments, tmp_path / "mmr", gradient_accumulation_steps=2)
+    assert [e["loss"] for e in step_logs(plain)] == [e["loss"] for e in step_logs(mmr)]
+    for (name, a), (_, b) in zip(plain.model.state_dict().items(), mmr.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    # The diagnostics are logged even with the penalty off (the baseline's radius growth is worth seeing).
+    assert all(e["mmr/lambda"] == 0 and e["mmr/radius"] > 0 for e in step_logs(mmr))
+
+
+def test_loss_is_classification_loss_plus_lambda_times_penalty(tmp_path):
+    plain = train(Trainer, TrainingArguments, tmp_path / "plain", max_steps=1)
+    mmr = train(MMRTrainer, MMRTrainingArguments, tmp_path / "mmr", max_steps=1, mmr_lambda=0.5)
+    (first_plain,), (first_mmr,) = step_logs(plain), step_logs(mmr)
+    assert first_mmr["mmr/penalty"] > 0 and math.isfinite(first_mmr["mmr/penalty"])
+    expected = first_plain["loss"] + 0.5 * first_mmr["mmr/penalty"]
+    assert first_mmr["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_logged_penalty_and_mms_match_the_formulas_on_the_batch(tmp_path):
+    trainer = train(MMRTrainer, MMRTrainingArguments, tmp_path, max_steps=1, mmr_lambda=0.5, mmr_top_k=2,
+                    model_overrides=NO_DROPOUT)
+    # Recompute on the same first batch with the initial weights (no update yet, no dropout).
+    torch.manual_seed(trainer.args.seed)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = tiny_model("bert", num_labels=3, seed=1, **NO_DROPOUT)
+    captured = {}
+    model.classifier.register_forward_pre_hook(lambda m, a: captured.update(h=a[0]))
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    weight = model.classifier.weight
+    penalty = mmr_penalty(captured["h"], weight, batch["labels"], logits, top_k=2)
+    (logged,) = step_logs(trainer)
+    assert logged["mmr/penalty"] == pytest.approx(penalty.item(), rel=1e-4)
+    assert logged["mmr/radius"] == pytest.approx(captured["h"].norm(dim=1).max().item(), rel=1e-4)
+    assert logged["mms/mean"] == pytest.approx(minimal_margin_scores(logits, weight).mean().item(), rel=1e-4)
+
+
+def test_lambda_schedule_by_global_step(tmp_path):
+    args = MMRTrainingArguments(output_dir=str(tmp_path), mmr_lambda=0.1, mmr_lambda_start=1e-4,
+                                mmr_lambda_warmup_ratio=0.5)
+    assert args.mmr_lambda_at(0, 100) == pytest.approx(1e-4)
+    assert args.mmr_lambda_at(25, 100) == pytest.approx(1e-4 + (0.1 - 1e-4) * 0.5)
+    assert args.mmr_lambda_at(50, 100) == pytest.approx(0.1)
+    assert args.mmr_lambda_at(99, 100) == pytest.approx(0.1)
+    constant = MMRTrainingArguments(output_dir=str(tmp_path), mmr_lambda=0.3)
+    assert constant.mmr_lambda_start == 0.3 and constant.mmr_lambda_at(0, 10) == 0.3
+
+    trainer = train(MMRTrainer, MMRTrainingArguments, tmp_path / "run", max_steps=4, mmr_lambda=0.2,
+                    mmr_lambda_start=0.0, mmr_lambda_warmup_ratio=0.5)
+    # Step s (logged after it) used lambda at global_step s - 1: 0, 0.1, then 0.2.
+    assert [e["mmr/lambda"] for e in step_logs(trainer)] == pytest.approx([0.0, 0.1, 0.2, 0.2])
+
+
+def test_diagnostics_are_averaged_over_the_logging_window(tmp_path):
+    every = train(MMRTrainer, MMRTrainingArguments, tmp_path / "a", max_steps=4, mmr_lambda=0.2,
+                  mmr_lambda_start=0.0, mmr_lambda_warmup_ratio=0.5)
+    window = train(MMRTrainer, MMRTrainingArguments, tmp_path / "b", max_steps=4, mmr_lambda=0.2,
+                   mmr_lambda_start=0.0, mmr_lambda_warmup_ratio=0.5, logging_steps=2)
+    per_step = [e["mmr/radius"] for e in step_logs(every)]
+    assert [e["mmr/radius"] for e in step_logs(window)] == pytest.approx(
+        [(per_step[0] + per_step[1]) / 2, (per_step[2] + per_step[3]) / 2], rel=1e-5
+    )
+    assert [e["mmr/lambda"] for e in step_logs(window)] == pytest.approx([0.05, 0.2])
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert", "deberta-v2"])
+def test_trains_with_other_heads(tmp_path, model_type):
+    trainer = train(MMRTrainer, MMRTrainingArguments, tmp_path, model_type=model_type, max_steps=2,
+                    mmr_lambda=0.1, num_labels=2)
+    assert all(e["mmr/penalty"] > 0 and math.isfinite(e["loss"]) for e in step_logs(trainer))
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("mmr_lambda", -0.1, "--mmr_lambda"),
+        ("mmr_lambda", float("nan"), "--mmr_lambda"),
+        ("mmr_lambda_start", float("inf"), "--mmr_lambda_start"),
+        ("mmr_lambda_warmup_ratio", 1.5, "--mmr_lambda_warmup_ratio"),
+        ("mmr_top_k", 0, "--mmr_top_k"),
+        ("mmr_head", " ", "--mmr_head"),
+    ],
+)
+def test_invalid_arguments_fail_at_construction(tmp_path, field, value, message):
+    with pytest.raises(MMRConfigError, match=message):
+        MMRTrainingArguments(output_dir=str(tmp_path), **{field: value})
+
+
+def test_top_k_must_leave_a_wrong_class(tmp_path):
+    args = MMRTrainingArguments(output_dir=str(tmp_path), mmr_lambda=0.1, mmr_top_k=3, report_to="none")
+    with pytest.raises(MMRConfigError, match="--mmr_top_k must be <= num_labels - 1 = 2"):
+        MMRTrainer(model=tiny_model("bert", num_labels=3), args=args)
+
+
+@pytest.mark.parametrize("num_labels,problem_type", [(1, None), (3, "multi_label_classification")])
+def test_regression_and_multi_label_are_refused(tmp_path, num_labels, problem_type):
+    model = tiny_model("bert", num_labels=num_labels, problem_type=problem_type)
+    args = MMRTrainingArguments(output_dir=str(tmp_path), mmr_lambda=0.1, report_to="none")
+    with pytest.raises(MMRConfigError, match="single-label classification"):
+        MMRTrainer(model=model, args=args)
+    # Without the penalty the same model trains as with the plain Trainer.
+    MMRTrainer(model=model, args=MMRTrainingArguments(output_dir=str(tmp_path), report_to="none"))
+
+
+def test_needs_mmr_training_arguments(tmp_path):
+    with pytest.raises(TypeError, match="MMRTrainingArguments"):
+        MMRTrainer(model=tiny_model("bert"), args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
