@@ -12,6 +12,9 @@ class MMRConfigError(ValueError):
     """An MMR setting that cannot work; the message names the setting and what to change."""
 
 
+MMS_SELECTIONS = ("none", "select", "cached")
+
+
 @dataclass
 class MMRTrainingArguments(TrainingArguments):
     """Training arguments of ``MMRTrainer``; with the defaults it trains exactly like ``Trainer``."""
@@ -45,6 +48,37 @@ class MMRTrainingArguments(TrainingArguments):
         metadata={"help": "Module path of the final nn.Linear that produces the logits, e.g. 'classifier.out_proj'. "
                   "Default: found automatically."},
     )
+    mms_selection: str = field(
+        default="none",
+        metadata={
+            "help": "How training examples are chosen by minimal margin score (MMS): 'none' (the Trainer's uniform "
+            "sampler), 'select' (each step trains on the batch with the smallest MMS among mms_pool_factor times as "
+            "many candidates, scored by an extra forward pass) or 'cached' (MMS recorded from the training forward "
+            "pass; examples with large MMS are sampled less often and up-weighted, at no extra cost)."
+        },
+    )
+    mms_pool_factor: int = field(
+        default=10,
+        metadata={"help": "select: candidates scored per selected example (the pool holds factor x batch examples)."},
+    )
+    mms_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Optimizer steps of uniform sampling before MMS selection starts (a fresh head's scores "
+                  "are noise)."},
+    )
+    mms_keep_quantile: float = field(
+        default=0.5,
+        metadata={"help": "cached: every example whose cached MMS is below this quantile is kept in each pass."},
+    )
+    mms_keep_fraction: float = field(
+        default=0.5,
+        metadata={"help": "cached: the fraction of the other examples kept at random; their loss is weighted by "
+                  "1 / fraction so the gradient stays unbiased."},
+    )
+    mms_anneal_epochs: int = field(
+        default=1,
+        metadata={"help": "cached: the last epochs that sample all examples uniformly."},
+    )
 
     def __post_init__(self) -> None:
         if self.mmr_lambda_start is None:
@@ -59,6 +93,18 @@ class MMRTrainingArguments(TrainingArguments):
             raise MMRConfigError(f"--mmr_top_k must be an integer >= 1, got {self.mmr_top_k!r}")
         if self.mmr_head is not None and not self.mmr_head.strip():
             raise MMRConfigError("--mmr_head must be a module path such as 'classifier', or left unset")
+        if self.mms_selection not in MMS_SELECTIONS:
+            raise MMRConfigError(f"--mms_selection must be one of {', '.join(MMS_SELECTIONS)}, got {self.mms_selection!r}")
+        if isinstance(self.mms_pool_factor, bool) or not isinstance(self.mms_pool_factor, int) or self.mms_pool_factor < 1:
+            raise MMRConfigError(f"--mms_pool_factor must be an integer >= 1, got {self.mms_pool_factor!r}")
+        for name in ("mms_warmup_steps", "mms_anneal_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MMRConfigError(f"--{name} must be an integer >= 0, got {value!r}")
+        for name in ("mms_keep_quantile", "mms_keep_fraction"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+                raise MMRConfigError(f"--{name} must be in (0, 1), got {value!r}")
         super().__post_init__()
 
     @property

@@ -1,23 +1,38 @@
-"""``MMRTrainer``: the Hugging Face ``Trainer`` with a multi-margin regularization term in its loss."""
+"""``MMRTrainer``: the Hugging Face ``Trainer`` with a multi-margin regularization term and MMS sampling."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
+import datasets
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import MMRConfigError, MMRTrainingArguments
 from .head import FeatureCapture, HeadNotFoundError, find_classifier_head
 from .margins import minimal_margin_scores, mmr_penalty, squared_radius
+from .sampling import (
+    INDEX_KEY,
+    CachedMarginSampler,
+    IndexCollator,
+    IndexedDataset,
+    MarginCache,
+    lowest,
+    pool_size_to_select,
+    take_rows,
+)
 
 logger = logging.getLogger(__name__)
 
-# Running sums over a logging window, in this order.
-_STATS = ("mmr/penalty", "mmr/radius", "mmr/lambda", "mms/mean")
+# Saved in every checkpoint folder in cached mode: the MMS cache and the current epoch's frozen scores.
+MMS_STATE_NAME = "mms_state.pt"
 
 
 def logits_of(outputs: Any) -> torch.Tensor:
@@ -30,13 +45,15 @@ def logits_of(outputs: Any) -> torch.Tensor:
 
 
 class MMRTrainer(Trainer):
-    """``Trainer`` whose training loss is ``classification loss + lambda_t * MMR``.
+    """``Trainer`` whose training loss is ``classification loss + lambda_t * MMR``, with optional MMS sampling.
 
     The input of the classifier's final ``nn.Linear`` is captured by a forward hook during the
-    normal forward pass. ``mmr/penalty``, ``mmr/radius``, ``mmr/lambda`` and ``mms/mean``
-    (averaged over each logging window) are added to the Trainer's own logs, so every
-    ``report_to`` integration receives them. With ``mmr_lambda == 0`` the training is exactly
-    that of ``Trainer``.
+    normal forward pass. Diagnostics, averaged over each logging window, are added to the
+    Trainer's own logs, so every ``report_to`` integration receives them: ``mmr/penalty``,
+    ``mmr/radius``, ``mmr/lambda``, ``mms/mean``, and with MMS sampling ``mms/selected_mean``,
+    ``mms/pool_mean``, ``mms/misclassified_selected``, ``mms/scoring_time_share`` (select) or
+    ``mms/kept_fraction`` (cached). With ``mmr_lambda == 0`` and ``mms_selection == "none"``
+    the training is exactly that of ``Trainer``.
     """
 
     args: MMRTrainingArguments
@@ -45,14 +62,21 @@ class MMRTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, MMRTrainingArguments):
             raise TypeError("MMRTrainer needs MMRTrainingArguments (a drop-in replacement for TrainingArguments)")
-        model = self.accelerator.unwrap_model(self.model)
-        if self.args.mmr_enabled:
-            _check_single_label(model)
         self._capture: FeatureCapture | None = None
+        self._head_checked = False
+        self._window: dict[str, list] = {}  # name -> [sum, count] over the current logging window
+        self._cache: MarginCache | None = None
+        self._sampler: CachedMarginSampler | None = None
+        self._last_step_start: float | None = None
+        selection = self.args.mms_selection
+        needs_head = self.args.mmr_enabled or selection != "none"
+        model = self.accelerator.unwrap_model(self.model)
+        if self.args.mmr_enabled or selection == "cached":
+            _check_single_label(model)
         try:
             path, head = find_classifier_head(model, self.args.mmr_head)
         except HeadNotFoundError as error:
-            if self.args.mmr_enabled:
+            if needs_head:
                 raise
             logger.warning("MMR diagnostics are off: %s", error)
             return
@@ -61,10 +85,8 @@ class MMRTrainer(Trainer):
                 f"--mmr_top_k must be <= num_labels - 1 = {head.out_features - 1}, got {self.args.mmr_top_k}"
             )
         self._capture = FeatureCapture(head, path)
-        self._head_checked = False
-        self._stats: torch.Tensor | None = None
-        self._stats_steps = 0
 
+    # ------------------------------------------------------------------ loss
     def compute_loss(
         self,
         model: nn.Module,
@@ -72,12 +94,22 @@ class MMRTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        indices = inputs.pop(INDEX_KEY, None)  # never reaches the model's forward
         labels = inputs.get("labels")  # the parent may pop it from inputs
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if self._capture is not None:
             logits = logits_of(outputs)
             features = self._capture.pop(logits)
             if model.training and labels is not None:
+                if not self._head_checked:
+                    self._capture.check_reproduces(features, logits)
+                    self._head_checked = True
+                with torch.no_grad():
+                    mms = minimal_margin_scores(logits.detach(), self._capture.head.weight.detach())
+                self._record("mms/mean", mms.mean())
+                if self._cache is not None and indices is not None:
+                    self._remember_scores(indices, mms)
+                    loss = self._weighted_loss(logits, labels, indices, num_items_in_batch)
                 term = self._margin_term(features, logits, labels, num_items_in_batch)
                 if term is not None:
                     loss = loss + term
@@ -90,33 +122,57 @@ class MMRTrainer(Trainer):
         labels: torch.Tensor,
         num_items_in_batch: torch.Tensor | int | None,
     ) -> torch.Tensor | None:
-        """``lambda_t * MMR`` scaled like the classification loss (None when MMR is off); records the diagnostics."""
-        if not self._head_checked:
-            self._capture.check_reproduces(features, logits)
-            self._head_checked = True
+        """``lambda_t * MMR``, scaled like the classification loss (None when MMR is off); records diagnostics."""
         enabled = self.args.mmr_enabled
         if enabled and (labels.dim() != 1 or labels.is_floating_point()):
             raise MMRConfigError("MMR needs one integer class label per example; set --mmr_lambda 0 for this task")
-        weight = self._capture.head.weight
         with torch.set_grad_enabled(enabled and torch.is_grad_enabled()):
-            r2 = self._global(squared_radius(features), differentiable=enabled)
+            r2 = self._global_max(squared_radius(features), differentiable=enabled)
             # clamp: sqrt has an infinite gradient at 0 (all-zero features).
             radius = r2.clamp_min(1e-12).sqrt()
             if self.args.mmr_detach_radius:
                 radius = radius.detach()
-            penalty = mmr_penalty(features, weight, labels, logits, self.args.mmr_top_k, radius)
+            penalty = mmr_penalty(features, self._capture.head.weight, labels, logits, self.args.mmr_top_k, radius)
         lam = self.args.mmr_lambda_at(self.state.global_step, self.state.max_steps)
-        with torch.no_grad():
-            mms = minimal_margin_scores(logits.detach(), weight.detach()).mean()
-            step_stats = torch.stack([penalty.detach(), radius.detach(), penalty.new_tensor(lam), mms])
-            # Kept on the device: no host sync per step.
-            self._stats = step_stats.double() if self._stats is None else self._stats + step_stats.double()
-            self._stats_steps += 1
+        self._record("mmr/penalty", penalty.detach())
+        self._record("mmr/radius", radius.detach())
+        self._record("mmr/lambda", lam)
         if not enabled:
             return None  # adding nothing keeps the loss bit-for-bit that of Trainer
-        return lam * penalty * self._penalty_scale(labels.shape[0], num_items_in_batch)
+        return lam * penalty * labels.shape[0] * self._sum_scale(labels.shape[0], num_items_in_batch)
 
-    def _global(self, local_max: torch.Tensor, differentiable: bool) -> torch.Tensor:
+    def _weighted_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, num_items_in_batch: Any
+    ) -> torch.Tensor:
+        """Cached mode: cross-entropy with the epoch's per-example weights (1, or 1/p for sampled large-MMS ones)."""
+        weights = self._cache.weights.to(logits.device)[indices.to(logits.device)]
+        losses = F.cross_entropy(
+            logits.float(), labels, reduction="none", label_smoothing=self.args.label_smoothing_factor
+        )
+        return (weights * losses).sum() * self._sum_scale(labels.shape[0], num_items_in_batch)
+
+    def _sum_scale(self, batch_size: int, num_items_in_batch: torch.Tensor | int | None) -> Any:
+        """Factor that turns a sum over this micro-batch into a mean on the footing of the classification loss.
+
+        The Trainer divides the loss by the accumulation steps unless it counts it as already
+        normalized over the whole accumulated batch by ``num_items_in_batch``; in that case the
+        sum is normalized the same way, so that it is a mean over the accumulated (global) batch.
+        """
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                self.compute_loss_func is not None
+            )
+        if not scaled:
+            return 1.0 / batch_size
+        if num_items_in_batch is None:
+            return 1.0 / (batch_size * self.current_gradient_accumulation_steps)
+        scale = 1.0 / num_items_in_batch
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            scale = scale * self.accelerator.num_processes  # the Trainer scales its loss the same way
+        return scale
+
+    def _global_max(self, local_max: torch.Tensor, differentiable: bool) -> torch.Tensor:
         """Max of a scalar over all processes; the gradient reaches the process that holds it."""
         if self.args.world_size <= 1:
             return local_max
@@ -126,37 +182,188 @@ class MMRTrainer(Trainer):
             return torch.stack(dist_fn.all_gather(local_max)).max()
         return self.accelerator.gather(local_max.detach()[None]).max()
 
-    def _penalty_scale(self, batch_size: int, num_items_in_batch: torch.Tensor | int | None) -> Any:
-        """Factor that puts the per-batch mean penalty on the same footing as the classification loss.
+    # ------------------------------------------------------------------ data
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.args.mms_selection != "none" and INDEX_KEY not in self._signature_columns:
+            self._signature_columns.append(INDEX_KEY)  # so that unused-column removal keeps it
 
-        The Trainer divides the loss by the accumulation steps unless it counts it as already
-        normalized over the whole accumulated batch by ``num_items_in_batch``; then the penalty
-        is normalized the same way, so that it is a mean over the accumulated (global) batch.
-        """
-        scaled = self.loss_is_scaled_for_ga
-        if scaled is None:
-            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
-                self.compute_loss_func is not None
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """With MMS sampling, batches also carry example indices; select mode loads pools of r x batch."""
+        if self.args.mms_selection == "none":
+            return super().get_train_dataloader()
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        dataset = self.train_dataset
+        if isinstance(dataset, datasets.Dataset):
+            dataset = self._remove_unused_columns(dataset, description="training")
+        factor = self.args.mms_pool_factor if self.args.mms_selection == "select" else 1
+        collator = self.data_collator
+        self.data_collator = IndexCollator(collator)
+        try:
+            return self._get_dataloader(
+                dataset=IndexedDataset(dataset),
+                description="Training",
+                batch_size=self._train_batch_size * factor,
+                sampler_fn=self._get_train_sampler,
+                is_training=True,
             )
-        if not scaled:
-            return 1.0
-        if num_items_in_batch is None:
-            return 1.0 / self.current_gradient_accumulation_steps
-        scale = batch_size / num_items_in_batch
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            scale = scale * self.accelerator.num_processes  # the Trainer scales its loss the same way
-        return scale
+        finally:
+            self.data_collator = collator
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        if self.args.mms_selection != "cached":
+            return super()._get_train_sampler(train_dataset)
+        self._sampler = CachedMarginSampler(
+            self._margin_cache(),
+            self.args.mms_keep_quantile,
+            self.args.mms_keep_fraction,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            selecting=self._cached_epoch_selects,
+        )
+        return self._sampler
+
+    def _margin_cache(self) -> MarginCache:
+        if self._cache is None or self._cache.scores.numel() != len(self.train_dataset):
+            self._cache = MarginCache(len(self.train_dataset))
+        return self._cache
+
+    def _cached_epoch_selects(self, epoch: int) -> bool:
+        """An epoch samples by cached MMS after the warm-up steps and before the anneal epochs."""
+        last_selective = int(self.state.num_train_epochs) - self.args.mms_anneal_epochs
+        return self.state.global_step >= self.args.mms_warmup_steps and epoch < last_selective
+
+    def _remember_scores(self, indices: torch.Tensor, mms: torch.Tensor) -> None:
+        if self.args.world_size > 1:
+            indices = self.accelerator.gather(self.accelerator.pad_across_processes(indices, pad_index=-1))
+            mms = self.accelerator.gather(self.accelerator.pad_across_processes(mms, pad_index=0))
+            mms, indices = mms[indices >= 0], indices[indices >= 0]
+        self._cache.update(indices, mms)
+        if self._sampler is not None:
+            self._record("mms/kept_fraction", self._sampler.kept_fraction)
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+        """Select mode: count the labels of the examples that will be trained on, not of the whole pools."""
+        num_items = super()._get_num_items_in_batch(batch_samples, device)
+        if num_items is None or self.args.mms_selection != "select" or not batch_samples:
+            return num_items
+        world = self.args.world_size
+        pool = sum(len(batch[INDEX_KEY]) for batch in batch_samples)
+        chosen = sum(
+            pool_size_to_select(len(batch[INDEX_KEY]) * world, self.args.mms_pool_factor, world) // world
+            for batch in batch_samples
+        )
+        return num_items * chosen / pool
+
+    # ------------------------------------------------------------------ select mode
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        if self.args.mms_selection == "select":
+            now = time.perf_counter()
+            if self._last_step_start is not None:
+                self._record("time/step", now - self._last_step_start)
+            self._last_step_start = now
+            inputs = self._select_from_pool(model, self._prepare_inputs(inputs))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _select_from_pool(self, model: nn.Module, pool: dict[str, Any]) -> dict[str, Any]:
+        """The candidates of the pool with the smallest MMS (across all processes), this process's share."""
+        world, factor = self.args.world_size, self.args.mms_pool_factor
+        local_size = len(pool[INDEX_KEY])
+        per_process = pool_size_to_select(local_size * world, factor, world) // world
+        if self.state.global_step < self.args.mms_warmup_steps:
+            return take_rows(pool, torch.arange(min(per_process, local_size), device=pool[INDEX_KEY].device))
+        start = time.perf_counter()
+        scores, predicted = self._score_pool(model, pool)
+        if world > 1:
+            pool, scores, predicted = self._gather_pool(pool, scores, predicted)
+        chosen = lowest(scores, per_process * world)
+        mine = chosen[self.args.process_index :: world]
+        self._record("mms/pool_mean", scores.mean())
+        self._record("mms/selected_mean", scores[chosen].mean())
+        if "labels" in pool:
+            wrong = predicted[chosen] != pool["labels"][chosen].to(predicted.device)
+            self._record("mms/misclassified_selected", wrong.float().mean())
+        self._record("time/scoring", time.perf_counter() - start)
+        return take_rows(pool, mine)
+
+    def _score_pool(self, model: nn.Module, pool: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """MMS and predicted class of every candidate: eval mode, no gradient, length-sorted chunks."""
+        net = self.accelerator.unwrap_model(model)
+        was_training = net.training
+        net.eval()
+        size = len(pool[INDEX_KEY])
+        mask = pool.get("attention_mask")
+        order = torch.argsort(mask.sum(dim=1)) if isinstance(mask, torch.Tensor) else torch.arange(size)
+        scores = torch.empty(size, device=pool[INDEX_KEY].device)
+        predicted = torch.empty(size, dtype=torch.long, device=pool[INDEX_KEY].device)
+        chunk = self.args.per_device_train_batch_size
+        drop = {INDEX_KEY, "labels", *self.label_names}
+        try:
+            with torch.inference_mode(), self.compute_loss_context_manager():
+                for first in range(0, size, chunk):
+                    rows = order[first : first + chunk].to(scores.device)
+                    batch = take_rows(pool, rows)
+                    logits = logits_of(net(**{k: v for k, v in batch.items() if k not in drop}))
+                    scores[rows] = minimal_margin_scores(logits, self._capture.head.weight)
+                    predicted[rows] = logits.argmax(dim=1)
+        finally:
+            self._capture.features = None
+            net.train(was_training)
+        return scores, predicted
+
+    def _gather_pool(
+        self, pool: dict[str, Any], scores: torch.Tensor, predicted: torch.Tensor
+    ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+        """Every process's pool and scores, in process order (each candidate was scored by its own process)."""
+        gathered = {}
+        for key, value in pool.items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 1:
+                padded = self.accelerator.pad_across_processes(value, dim=value.dim() - 1) if value.dim() == 2 else value
+                gathered[key] = self.accelerator.gather(padded)
+            else:
+                gathered[key] = value
+        return gathered, self.accelerator.gather(scores), self.accelerator.gather(predicted)
+
+    # ------------------------------------------------------------------ logs and checkpoints
+    def _record(self, name: str, value: torch.Tensor | float) -> None:
+        """Add a value to the logging window; tensors stay on their device (no host sync per step)."""
+        value = value.double() if isinstance(value, torch.Tensor) else float(value)
+        entry = self._window.get(name)
+        if entry is None:
+            self._window[name] = [value, 1]
+        else:
+            entry[0] = entry[0] + value
+            entry[1] += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the window averages of the MMR diagnostics to the training logs."""
-        if "loss" in logs and self._capture is not None and self._stats_steps > 0:
-            means = self._stats / self._stats_steps
+        """Add the window averages of the MMR and MMS diagnostics to the training logs."""
+        if "loss" in logs and self._window:
+            timing = {name: self._window.pop(name) for name in ("time/scoring", "time/step") if name in self._window}
+            names = sorted(self._window)
+            means = torch.stack(
+                [torch.as_tensor(self._window[n][0], dtype=torch.float64).cpu() / self._window[n][1] for n in names]
+            )
             if self.args.world_size > 1:
-                means = self.accelerator.reduce(means, reduction="mean")
-            logs.update({name: round(float(value), 6) for name, value in zip(_STATS, means.tolist())})
-            self._stats = None
-            self._stats_steps = 0
+                means = self.accelerator.reduce(means.to(self.args.device), reduction="mean").cpu()
+            logs.update({name: round(float(value), 6) for name, value in zip(names, means.tolist())})
+            if "time/scoring" in timing and "time/step" in timing:
+                logs["mms/scoring_time_share"] = round(timing["time/scoring"][0] / timing["time/step"][0], 4)
+            self._window = {}
         super().log(logs, start_time)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self._cache is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            torch.save(self._cache.state_dict(), os.path.join(folder, MMS_STATE_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, MMS_STATE_NAME)
+        if model is None and self.args.mms_selection == "cached" and os.path.isfile(path):
+            self._margin_cache().load_state_dict(torch.load(path, weights_only=True))
 
 
 def _check_single_label(model: nn.Module) -> None:
@@ -164,5 +371,7 @@ def _check_single_label(model: nn.Module) -> None:
     problem_type = getattr(config, "problem_type", None)
     if getattr(config, "num_labels", 2) == 1 or problem_type in ("regression", "multi_label_classification"):
         kind = problem_type or "regression"
-        raise MMRConfigError(f"MMR needs single-label classification, but this model is set up for {kind}; "
-                         "use --mmr_lambda 0")
+        raise MMRConfigError(
+            f"MMR and MMS sampling need single-label classification, but this model is set up for {kind}; "
+            "use --mmr_lambda 0 and --mms_selection none"
+        )
