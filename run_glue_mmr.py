@@ -339,6 +339,10 @@ def run(argv: list[str]) -> None:
         f"16-bits training: {training_args.fp16 or training_args.bf16}"
     )
     logger.info(f"Training/evaluation parameters {training_args}")
+    if os.environ.get("MASTER_ADDR") and "WORLD_SIZE" not in os.environ and training_args.world_size == 1:
+        logger.warning("Running a single process: `accelerate launch --cpu --num_processes N` starts one process "
+                       "without MPI. For N CPU processes use `accelerate launch --multi_gpu --num_processes N "
+                       "run_glue_mmr.py ... --use_cpu` or `torchrun --nproc_per_node N run_glue_mmr.py ... --use_cpu`.")
 
     last_checkpoint = check_output_dir(data_args, training_args)
     needs_hub = not os.path.isdir(model_args.model_name_or_path) or (

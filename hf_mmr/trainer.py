@@ -107,22 +107,21 @@ class MMRTrainer(Trainer):
                 with torch.no_grad():
                     mms = minimal_margin_scores(logits.detach(), self._capture.head.weight.detach())
                 self._record("mms/mean", mms.mean())
-                if self._cache is not None and indices is not None:
+                weighted = self._cache is not None and indices is not None
+                if weighted:
                     self._remember_scores(indices, mms)
                     loss = self._weighted_loss(logits, labels, indices, num_items_in_batch)
-                term = self._margin_term(features, logits, labels, num_items_in_batch)
+                term = self._margin_term(features, logits, labels)
                 if term is not None:
-                    loss = loss + term
+                    if weighted:
+                        factor = labels.shape[0] * self._sum_scale(labels.shape[0], num_items_in_batch)
+                    else:
+                        factor = self._mean_factor(loss, outputs, logits, labels, num_items_in_batch)
+                    loss = loss + term * factor
         return (loss, outputs) if return_outputs else loss
 
-    def _margin_term(
-        self,
-        features: torch.Tensor,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        num_items_in_batch: torch.Tensor | int | None,
-    ) -> torch.Tensor | None:
-        """``lambda_t * MMR``, scaled like the classification loss (None when MMR is off); records diagnostics."""
+    def _margin_term(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """``lambda_t * MMR`` of this batch (None when MMR is off); records the diagnostics."""
         enabled = self.args.mmr_enabled
         if enabled and (labels.dim() != 1 or labels.is_floating_point()):
             raise MMRConfigError("MMR needs one integer class label per example; set --mmr_lambda 0 for this task")
@@ -139,7 +138,27 @@ class MMRTrainer(Trainer):
         self._record("mmr/lambda", lam)
         if not enabled:
             return None  # adding nothing keeps the loss bit-for-bit that of Trainer
-        return lam * penalty * labels.shape[0] * self._sum_scale(labels.shape[0], num_items_in_batch)
+        return lam * penalty
+
+    def _mean_factor(
+        self, loss: torch.Tensor, outputs: Any, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any
+    ) -> Any:
+        """Factor that puts a per-batch mean on the footing of this step's classification loss.
+
+        Most classification heads return the batch-mean cross-entropy and ignore
+        ``num_items_in_batch``, while the Trainer may still scale their loss (by the number of
+        processes when averaging tokens across devices). Then the mean is scaled by the same
+        factor, so ``mmr_lambda`` weighs the penalty against the cross-entropy the same way in
+        every setup. Otherwise (the loss is normalized by ``num_items_in_batch``, or comes from
+        a label smoother or ``compute_loss_func``) the mean is normalized the same way.
+        """
+        raw = outputs.get("loss") if isinstance(outputs, Mapping) else None
+        if raw is not None and labels.dim() == 1 and not labels.is_floating_point():
+            with torch.no_grad():
+                batch_mean = F.cross_entropy(logits.detach().float(), labels)
+                if raw.detach().float() > 0 and torch.isclose(raw.detach().float(), batch_mean, rtol=1e-3):
+                    return loss.detach() / raw.detach()
+        return labels.shape[0] * self._sum_scale(labels.shape[0], num_items_in_batch)
 
     def _weighted_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, num_items_in_batch: Any
@@ -152,11 +171,11 @@ class MMRTrainer(Trainer):
         return (weights * losses).sum() * self._sum_scale(labels.shape[0], num_items_in_batch)
 
     def _sum_scale(self, batch_size: int, num_items_in_batch: torch.Tensor | int | None) -> Any:
-        """Factor that turns a sum over this micro-batch into a mean on the footing of the classification loss.
+        """Factor that turns a sum over this micro-batch into a mean over the accumulated (global) batch.
 
         The Trainer divides the loss by the accumulation steps unless it counts it as already
         normalized over the whole accumulated batch by ``num_items_in_batch``; in that case the
-        sum is normalized the same way, so that it is a mean over the accumulated (global) batch.
+        sum is normalized by ``num_items_in_batch`` too.
         """
         scaled = self.loss_is_scaled_for_ga
         if scaled is None:
