@@ -44,6 +44,10 @@ from hf_mmr.metrics import glue_compute_metrics
 logger = logging.getLogger(__name__)
 
 
+# The Hub name of the packaged default model, for model cards.
+DEFAULT_MODEL_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 class UsageError(ValueError):
     """A command-line input that cannot work; reported in one line, without a traceback."""
 
@@ -120,6 +124,16 @@ class DataTrainingArguments:
                 raise UsageError(f"--{flag} {path!r} must be a .csv, .json or .jsonl file")
             if not os.path.isfile(path):
                 raise UsageError(f"--{flag} {path!r} does not exist")
+            if not has_rows(path):
+                raise UsageError(f"--{flag} {path} has no rows")
+
+
+def has_rows(path: str) -> bool:
+    """Whether a CSV file has a line after its header, or a JSON file holds any record."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        if path.endswith(".csv"):
+            return sum(1 for line in handle if line.strip()) > 1
+        return handle.read().strip() not in ("", "[]", "{}")
 
 
 @dataclass
@@ -258,10 +272,12 @@ def load_raw_datasets(
             raise UsageError("--do_predict needs a GLUE --task_name or a --test_file")
         data_files["test"] = data_args.test_file
     builder = "csv" if data_args.train_file.endswith(".csv") else "json"
-    raw = load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir)
+    try:
+        raw = load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir)
+    except Exception as error:  # noqa: BLE001 - any parse failure of a user's file gets the same one-line report
+        cause = error.__cause__ or error
+        raise UsageError(f"cannot read {', '.join(data_files.values())} as {builder}: {cause}".splitlines()[0]) from None
     for split, dataset in raw.items():
-        if len(dataset) == 0:
-            raise UsageError(f"{data_files[split]} has no rows")
         if split != "test" and "label" not in dataset.column_names:
             raise UsageError(f"{data_files[split]} has no 'label' column")
     return raw
@@ -362,9 +378,11 @@ def run(argv: list[str]) -> None:
         is_regression = raw_datasets["train"].features["label"].dtype in ("float32", "float64")
         label_list = [] if is_regression else sorted(raw_datasets["train"].unique("label"))
     num_labels = 1 if is_regression else len(label_list)
-    if training_args.mmr_enabled and num_labels < 2:
-        raise UsageError("--mmr_lambda > 0 needs a classification task with at least 2 labels; this one is "
-                         "regression, so use --mmr_lambda 0")
+    if (training_args.mmr_enabled or training_args.mms_selection != "none") and num_labels < 2:
+        raise UsageError("--mmr_lambda > 0 and --mms_selection need a classification task; this one is "
+                         "regression, so use --mmr_lambda 0 --mms_selection none")
+    if training_args.mmr_enabled and training_args.mmr_top_k > num_labels - 1:
+        raise UsageError(f"--mmr_top_k must be <= num_labels - 1 = {num_labels - 1}, got {training_args.mmr_top_k}")
 
     config, tokenizer, model = load_pretrained(model_args, num_labels, data_args.task_name, online)
 
@@ -475,7 +493,11 @@ def run(argv: list[str]) -> None:
                         value = f"{item:3.3f}" if is_regression else label_list[item]
                         writer.write(f"{index}\t{value}\n")
 
-    card = {"finetuned_from": model_args.model_name_or_path, "tasks": "text-classification"}
+    base_model = model_args.model_name_or_path
+    card = {
+        "finetuned_from": DEFAULT_MODEL_HUB_NAME if base_model == default_model_dir() else base_model,
+        "tasks": "text-classification",
+    }
     if data_args.task_name is not None:
         card.update(language="en", dataset_tags="nyu-mll/glue", dataset_args=data_args.task_name,
                     dataset=f"GLUE {data_args.task_name.upper()}")

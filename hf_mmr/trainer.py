@@ -31,6 +31,11 @@ from .sampling import (
 
 logger = logging.getLogger(__name__)
 
+# Every MMR and MMS setting, as recorded in the model card.
+MMR_SETTINGS = ("mmr_lambda", "mmr_lambda_start", "mmr_lambda_warmup_ratio", "mmr_top_k", "mmr_detach_radius",
+                "mmr_head", "mms_selection", "mms_pool_factor", "mms_warmup_steps", "mms_keep_quantile",
+                "mms_keep_fraction", "mms_anneal_epochs")
+
 # Saved in every checkpoint folder in cached mode: the MMS cache and the current epoch's frozen scores.
 MMS_STATE_NAME = "mms_state.pt"
 
@@ -371,6 +376,27 @@ class MMRTrainer(Trainer):
                 logs["mms/scoring_time_share"] = round(timing["time/scoring"][0] / timing["time/step"][0], 4)
             self._window = {}
         super().log(logs, start_time)
+
+    def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
+        """The Trainer's model card, tagged ``hf-mmr`` and ``text-classification``, with every MMR/MMS setting."""
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags += [tag for tag in ("hf-mmr", "text-classification") if tag not in tags]
+        super().create_model_card(*args, tags=tags, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        from huggingface_hub import ModelCard
+
+        from . import __version__
+
+        path = os.path.join(self.args.output_dir, "README.md")
+        card = ModelCard.load(path)
+        rows = "\n".join(f"| `{name}` | {getattr(self.args, name)} |" for name in MMR_SETTINGS)
+        card.text += (
+            f"\n## Multi-margin regularization\n\nTrained with hf-mmr {__version__} (`MMRTrainer`): loss = "
+            "classification loss + λ_t · MMR, MMR = mean_i mean_{j in J_i} R² · ||w_{y_i} − w_j||².\n\n"
+            f"| setting | value |\n|---|---|\n{rows}\n"
+        )
+        card.save(path)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)

@@ -1,0 +1,135 @@
+"""Bad input through the real command line: exit 2, one line naming the flag or file, nothing written or deleted."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def rte_dir(tmp_path, train_rows="0\ta\tb\tentailment\n", dev_rows="0\ta\tb\tnot_entailment\n"):
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    write(tmp_path / "glue" / "RTE" / "train.tsv", header + train_rows)
+    write(tmp_path / "glue" / "RTE" / "dev.tsv", header + dev_rows)
+    return str(tmp_path / "glue")
+
+
+# (name, argument builder, expected words in the message)
+CASES = [
+    ("unknown task", lambda t, g: ["--task_name", "mrcp"], ["--task_name", "mrpc"]),
+    ("missing glue dir", lambda t, g: ["--task_name", "rte", "--glue_dir", str(t / "nowhere")], ["--glue_dir"]),
+    ("no task folder", lambda t, g: ["--task_name", "cola", "--glue_dir", g], ["CoLA/"]),
+    ("missing split file", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--do_predict"], ["test.tsv"]),
+    ("ragged row", lambda t, g: ["--task_name", "rte", "--glue_dir", rte_dir(t, train_rows="0\ta\tentailment\n")],
+     ["train.tsv:2", "fields"]),
+    ("unknown label", lambda t, g: ["--task_name", "rte", "--glue_dir", rte_dir(t, dev_rows="0\ta\tb\tyes\n")],
+     ["dev.tsv:2", "'yes'"]),
+    ("missing train file", lambda t, g: ["--train_file", str(t / "no.csv"), "--validation_file", str(t / "no.csv")],
+     ["--train_file", "does not exist"]),
+    ("bad extension", lambda t, g: ["--train_file", write(t / "a.txt", "x"), "--validation_file",
+                                    write(t / "b.txt", "x")], ["--train_file", ".csv"]),
+    ("no label column", lambda t, g: ["--train_file", write(t / "a.csv", "text\nhi\n"), "--validation_file",
+                                      write(t / "b.csv", "text\nhi\n")], ["a.csv", "'label'"]),
+    ("no rows", lambda t, g: ["--train_file", write(t / "a.csv", "text,label\n"), "--validation_file",
+                              write(t / "b.csv", "text,label\nhi,0\n")], ["a.csv", "no rows"]),
+    ("negative lambda", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda", "-1"], ["--mmr_lambda"]),
+    ("nan lambda", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda", "nan"], ["--mmr_lambda"]),
+    ("top_k zero", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_top_k", "0"], ["--mmr_top_k"]),
+    ("top_k too large", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda", "0.1",
+                                      "--mmr_top_k", "2"], ["--mmr_top_k", "1"]),
+    ("warmup ratio", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda_warmup_ratio", "1.5"],
+     ["--mmr_lambda_warmup_ratio"]),
+    ("unknown mode", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mms_selection", "smart"],
+     ["--mms_selection"]),
+    ("pool factor", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mms_pool_factor", "0"],
+     ["--mms_pool_factor"]),
+    ("quantile", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mms_keep_quantile", "1"],
+     ["--mms_keep_quantile"]),
+    ("regression with mmr", lambda t, g: ["--train_file", write(t / "a.csv", "text,label\nhi,0.5\nho,1.5\n"),
+                                          "--validation_file", write(t / "b.csv", "text,label\nhi,0.5\n"),
+                                          "--mmr_lambda", "0.1"], ["regression", "--mmr_lambda 0"]),
+    ("unreachable model", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--model_name_or_path",
+                                        "nobody/nothing"], ["local model path"]),
+    ("unknown flag", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lamda", "0.1"], ["--mmr_lamda"]),
+    ("missing config file", lambda t, g: [str(t / "absent.yaml")], ["absent.yaml"]),
+]
+
+
+DRIVER = """
+import contextlib, io, json, sys
+sys.argv[0] = "run_glue_mmr.py"
+sys.path.insert(0, {root!r})
+from run_glue_mmr import main
+results = []
+for args in json.loads(sys.stdin.read()):
+    stderr = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(stderr):
+        try:
+            main(args)
+        except SystemExit as exit:
+            code = exit.code
+    results.append({{"code": code, "stderr": stderr.getvalue()}})
+print(json.dumps(results))
+"""
+
+
+def prepare(tmp_path, case_index, build):
+    """Arguments of one case, and its output_dir holding a file of the user's."""
+    case_dir = tmp_path / f"case{case_index}"
+    glue = rte_dir(case_dir)
+    output_dir = case_dir / "out"
+    output_dir.mkdir()
+    (output_dir / "mine.txt").write_text("keep me")
+    args = build(case_dir, glue)
+    if not args[0].endswith(".yaml"):
+        args += ["--do_train", "--do_eval", "--output_dir", str(output_dir), "--overwrite_output_dir"]
+    return args, output_dir
+
+
+def check(code, stderr, words, output_dir):
+    assert code == 2, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    message = stderr.strip().splitlines()[-1]
+    assert "error:" in message
+    for word in words:
+        assert word in message, message
+    assert sorted(os.listdir(output_dir)) == ["mine.txt"] and (output_dir / "mine.txt").read_text() == "keep me"
+
+
+def test_every_bad_input_fails_cleanly(tmp_path):
+    """All cases through main(argv), the command line's entry point, in one process (imports are slow)."""
+    prepared = [prepare(tmp_path, i, build) for i, (_, build, _) in enumerate(CASES)]
+    driver = DRIVER.format(root=ROOT)
+    result = subprocess.run([sys.executable, "-c", driver], input=json.dumps([args for args, _ in prepared]),
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    failures = []
+    for (name, _, words), (_, output_dir), outcome in zip(CASES, prepared, outcomes):
+        try:
+            check(outcome["code"], outcome["stderr"], words, output_dir)
+        except AssertionError as error:
+            failures.append(f"{name}: {error}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("name", ["unknown task", "ragged row", "negative lambda"])
+def test_real_command_line(tmp_path, name):
+    """A few of the cases as separate command lines, exit code included."""
+    index = [case[0] for case in CASES].index(name)
+    args, output_dir = prepare(tmp_path, index, CASES[index][1])
+    result = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    check(result.returncode, result.stderr, CASES[index][2], output_dir)
