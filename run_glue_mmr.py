@@ -33,13 +33,13 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.arguments import MMRConfigError
 from hf_mmr.glue import TASKS, GlueDataError, get_task, load_glue_tsv
 from hf_mmr.head import HeadNotFoundError
 from hf_mmr.metrics import glue_compute_metrics
+from hf_mmr.recovery import NonFiniteLossError, SaveOnSignal, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainin
         return None
     if data_args.overwrite_output_dir:
         return None
-    last_checkpoint = get_last_checkpoint(output_dir)
+    last_checkpoint = last_complete_checkpoint(output_dir)
     if last_checkpoint is None:
         raise UsageError(
             f"--output_dir {output_dir!r} is not empty; pass --overwrite_output_dir to write into it (nothing is "
@@ -322,11 +322,11 @@ def main(argv: list[str] | None = None) -> None:
     """Run from the command line; bad input exits with a one-line message (HF_MMR_DEBUG=1 shows the traceback)."""
     try:
         run(sys.argv[1:] if argv is None else argv)
-    except (UsageError, MMRConfigError, GlueDataError, HeadNotFoundError) as error:
+    except (UsageError, MMRConfigError, GlueDataError, HeadNotFoundError, NonFiniteLossError) as error:
         if os.environ.get("HF_MMR_DEBUG"):
             raise
         print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
 
 
 def run(argv: list[str]) -> None:
@@ -454,7 +454,14 @@ def run(argv: list[str]) -> None:
     )
 
     if training_args.do_train:
+        stopper = SaveOnSignal()
+        trainer.add_callback(stopper)
         train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
+        if stopper.received is not None:
+            checkpoint = last_complete_checkpoint(training_args.output_dir)
+            logger.warning(f"Stopped by signal {stopper.received}: saved {checkpoint}. Run the same command again "
+                           "to resume from it.")
+            sys.exit(128 + stopper.received)
         metrics = train_result.metrics
         metrics["train_samples"] = len(train_dataset)
         trainer.save_model()  # also saves the tokenizer

@@ -87,11 +87,22 @@ class FeatureCapture:
             )
         return features
 
-    def check_reproduces(self, features: torch.Tensor, logits: torch.Tensor) -> None:
-        """Fail clearly unless ``W h + b`` equals the logits (the head is really the last layer)."""
+    def check_reproduces(
+        self, features: torch.Tensor, logits: torch.Tensor, precision: torch.dtype | None = None
+    ) -> None:
+        """Fail clearly unless ``W h + b`` equals the logits (the head is really the last layer).
+
+        The tolerance is the rounding bound of a dot product computed in ``precision`` (default:
+        the logits' dtype; pass the autocast dtype under mixed precision): a few ulps of
+        ``|h| . |w|``, so that bf16/fp16 autocast passes and a real mismatch fails.
+        """
         with torch.no_grad():
-            recomputed = nn.functional.linear(features.float(), self.head.weight.float(), _bias(self.head))
-            if not torch.allclose(recomputed, logits.float(), rtol=1e-2, atol=1e-2):
+            h, weight = features.float(), self.head.weight.float()
+            recomputed = nn.functional.linear(h, weight, _bias(self.head))
+            scale = h.abs() @ weight.abs().T + 1.0
+            tolerance = 8 * torch.finfo(precision or logits.dtype).eps * scale + 1e-5
+            mismatch = (recomputed - logits.float()).abs() > tolerance
+            if (mismatch & torch.isfinite(logits)).any():  # non-finite logits are the loss check's business
                 raise HeadNotFoundError(
                     f"the logits are not W h + b of {self.head_path!r}: something runs after it; set mmr_head to the "
                     "final nn.Linear that produces the logits"

@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .arguments import MMRConfigError, MMRTrainingArguments
 from .head import FeatureCapture, HeadNotFoundError, find_classifier_head
 from .margins import minimal_margin_scores, mmr_penalty, squared_radius
+from .recovery import NonFiniteLossError, last_complete_checkpoint, mark_complete
 from .sampling import (
     INDEX_KEY,
     CachedMarginSampler,
@@ -107,7 +108,8 @@ class MMRTrainer(Trainer):
             features = self._capture.pop(logits)
             if model.training and labels is not None:
                 if not self._head_checked:
-                    self._capture.check_reproduces(features, logits)
+                    autocast = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+                    self._capture.check_reproduces(features, logits, autocast)
                     self._head_checked = True
                 with torch.no_grad():
                     mms = minimal_margin_scores(logits.detach(), self._capture.head.weight.detach())
@@ -123,6 +125,13 @@ class MMRTrainer(Trainer):
                     else:
                         factor = self._mean_factor(loss, outputs, logits, labels, num_items_in_batch)
                     loss = loss + term * factor
+        if model.training and not torch.isfinite(loss).all():
+            # Stop before backward: the weights and the checkpoints on disk stay those of the last good step.
+            last = last_complete_checkpoint(self.args.output_dir) or "none saved yet"
+            raise NonFiniteLossError(
+                f"the training loss is {loss.detach().float().item()} at step {self.state.global_step}; the last "
+                f"checkpoint is {last}. Lower --learning_rate or --mmr_lambda, or train in float32"
+            )
         return (loss, outputs) if return_outputs else loss
 
     def _margin_term(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
@@ -398,11 +407,22 @@ class MMRTrainer(Trainer):
         )
         card.save(path)
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """As ``Trainer.train``; ``resume_from_checkpoint=True`` takes the last checkpoint that finished saving."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, plus the MMS cache, then a marker saying that saving finished."""
         super()._save_checkpoint(model, trial)
-        if self._cache is not None and self.args.should_save:
+        if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            torch.save(self._cache.state_dict(), os.path.join(folder, MMS_STATE_NAME))
+            if self._cache is not None:
+                torch.save(self._cache.state_dict(), os.path.join(folder, MMS_STATE_NAME))
+            mark_complete(folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

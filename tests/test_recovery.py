@@ -1,0 +1,144 @@
+"""Numeric safety, non-finite losses, complete-checkpoint markers and SIGTERM during a real run."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from hf_mmr import MMRTrainer, MMRTrainingArguments
+from hf_mmr.recovery import COMPLETE_MARKER, NonFiniteLossError, last_complete_checkpoint
+
+from conftest import tiny_model
+from test_trainer import synthetic_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def two_steps(tmp_path, model, dataset=None, **kwargs):
+    settings = {"per_device_train_batch_size": 8, "max_steps": 2, "learning_rate": 1e-3, "logging_steps": 1,
+                "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "mmr_lambda": 0.5}
+    args = MMRTrainingArguments(output_dir=str(tmp_path), **{**settings, **kwargs})
+    trainer = MMRTrainer(model=model, args=args, train_dataset=dataset or synthetic_dataset(n=16))
+    trainer.train()
+    return trainer
+
+
+def assert_finite(trainer):
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs and all(math.isfinite(entry[key]) for entry in logs
+                        for key in ("loss", "mmr/penalty", "mmr/radius", "mms/mean"))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_identical_class_rows(tmp_path):
+    model = tiny_model("bert", num_labels=3)
+    with torch.no_grad():
+        model.classifier.weight[1] = model.classifier.weight[0]
+        model.classifier.bias[1] = model.classifier.bias[0]
+    assert_finite(two_steps(tmp_path, model))
+
+
+def test_all_zero_features(tmp_path):
+    model = tiny_model("bert", num_labels=3)
+    with torch.no_grad():  # the pooler gives tanh(0) = 0 for every example
+        model.bert.pooler.dense.weight.zero_()
+        model.bert.pooler.dense.bias.zero_()
+    trainer = two_steps(tmp_path, model, mmr_detach_radius=False)
+    assert_finite(trainer)
+    assert [e["mmr/radius"] for e in trainer.state.log_history if "loss" in e][0] < 1e-5
+
+
+def test_single_class_in_the_batch(tmp_path):
+    dataset = synthetic_dataset(n=16)
+    for item in dataset:
+        item["labels"] = torch.tensor(2)
+    assert_finite(two_steps(tmp_path, tiny_model("bert", num_labels=3), dataset=dataset))
+
+
+def test_large_features_under_bf16(tmp_path):
+    model = tiny_model("bert", num_labels=3)
+    with torch.no_grad():  # features around 1e3: R^2 around 1e6, beyond float16's range
+        model.bert.pooler.dense.weight.mul_(1e4)
+    model.bert.pooler.activation = torch.nn.Identity()
+    trainer = two_steps(tmp_path, model, bf16=True, use_cpu=True, learning_rate=1e-5, mmr_lambda=1e-6)
+    assert_finite(trainer)
+    assert [e["mmr/radius"] for e in trainer.state.log_history if "loss" in e][0] > 100
+
+
+def test_lambda_warmup_from_zero(tmp_path):
+    trainer = two_steps(tmp_path, tiny_model("bert", num_labels=3), mmr_lambda_start=0.0,
+                        mmr_lambda_warmup_ratio=1.0)
+    assert_finite(trainer)
+    assert [e["mmr/lambda"] for e in trainer.state.log_history if "loss" in e] == [0.0, 0.25]
+
+
+def test_non_finite_loss_stops_before_the_update(tmp_path):
+    model = tiny_model("bert", num_labels=3)
+    with torch.no_grad():
+        model.classifier.bias[0] = float("nan")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match="nan at step 0.*--learning_rate or --mmr_lambda"):
+        two_steps(tmp_path, model)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) or name == "classifier.bias", name
+
+
+def test_resume_skips_half_written_checkpoints(tmp_path):
+    for step, complete in ((5, True), (10, True), (15, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+        if complete:
+            (folder / COMPLETE_MARKER).write_text("ok\n")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert last_complete_checkpoint(str(tmp_path / "absent")) is None
+
+
+def test_checkpoints_are_marked_complete(tmp_path):
+    trainer = two_steps(tmp_path, tiny_model("bert", num_labels=3), save_strategy="steps", save_steps=1,
+                        mms_selection="cached")
+    for step in (1, 2):
+        folder = tmp_path / f"checkpoint-{step}"
+        assert (folder / COMPLETE_MARKER).is_file() and (folder / "mms_state.pt").is_file()
+    assert trainer.state.global_step == 2
+
+
+@pytest.mark.e2e
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(glue_dir, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, os.path.join(ROOT, "run_glue_mmr.py"), "--task_name", "rte", "--glue_dir", glue_dir,
+               "--do_train", "--max_steps", "12", "--per_device_train_batch_size", "4", "--pad_to_max_length",
+               "false", "--max_seq_length", "64", "--mmr_lambda", "0.1", "--mms_selection", "cached",
+               "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true", "--output_dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 300
+    logged = 0
+    for line in process.stdout:  # wait for two logged training steps, then interrupt
+        logged += "'mmr/penalty'" in line
+        if logged >= 2 or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, rest[-3000:]
+    checkpoint = last_complete_checkpoint(str(out))
+    assert checkpoint is not None and "Run the same command again" in rest
+    stopped_at = int(checkpoint.rsplit("-", 1)[1])
+    assert 2 <= stopped_at < 12
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+                 "mms_state.pt"):
+        assert os.path.isfile(os.path.join(checkpoint, name)), name
+
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming training at {checkpoint}" in resumed.stdout + resumed.stderr
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert steps == list(range(1, 13))  # the restored history, then the resumed steps, none twice
