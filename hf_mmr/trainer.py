@@ -32,6 +32,9 @@ from .sampling import (
 
 logger = logging.getLogger(__name__)
 
+# Quantiles of each training batch's MMS that are logged (as mms/p10, mms/p50, mms/p90).
+MMS_QUANTILES = torch.tensor([0.1, 0.5, 0.9])
+
 # Every MMR and MMS setting, as recorded in the model card.
 MMR_SETTINGS = ("mmr_lambda", "mmr_lambda_start", "mmr_lambda_warmup_ratio", "mmr_top_k", "mmr_detach_radius",
                 "mmr_head", "mms_selection", "mms_pool_factor", "mms_warmup_steps", "mms_keep_quantile",
@@ -114,6 +117,8 @@ class MMRTrainer(Trainer):
                 with torch.no_grad():
                     mms = minimal_margin_scores(logits.detach(), self._capture.head.weight.detach())
                 self._record("mms/mean", mms.mean())
+                for name, value in zip(("mms/p10", "mms/p50", "mms/p90"), torch.quantile(mms, MMS_QUANTILES)):
+                    self._record(name, value)
                 weighted = self._cache is not None and indices is not None
                 if weighted:
                     self._remember_scores(indices, mms)

@@ -26,7 +26,7 @@ def mrpc_run(glue_dir, tmp_path_factory):
     config.write_text(
         f"task_name: mrpc\nglue_dir: {glue_dir}\ndo_train: true\ndo_eval: true\noutput_dir: {work / 'out'}\n"
         "max_steps: 30\nper_device_train_batch_size: 16\nlearning_rate: 5.0e-5\npad_to_max_length: false\n"
-        "max_eval_samples: 96\nlogging_steps: 10\nsave_steps: 15\nseed: 42\nmmr_lambda: 0.0\nreport_to: none\n"
+        "max_eval_samples: 96\nlogging_steps: 10\nsave_steps: 15\nseed: 42\nmmr_lambda: 0.0\nreport_to: tensorboard\n"
     )
     result = run_script(str(config), "--mmr_lambda", "0.1", "--mmr_top_k", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -106,3 +106,47 @@ def test_unreachable_model_names_a_local_path(glue_dir, tmp_path):
     result = run_script("--task_name", "rte", "--glue_dir", glue_dir, "--do_eval", "--output_dir", str(tmp_path),
                         "--model_name_or_path", "some-org/not-cached-model", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2 and "local model path" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.e2e
+def test_model_card_records_the_run(mrpc_run):
+    card = (mrpc_run / "README.md").read_text()
+    for text in ("- hf-mmr", "- text-classification", "base_model: sentence-transformers/all-MiniLM-L6-v2",
+                 "GLUE MRPC", "model-index", "hf-mmr 0.", "| `mmr_lambda` | 0.1 |", "| `mms_selection` | none |"):
+        assert text in card, text
+
+
+@pytest.mark.e2e
+def test_tensorboard_receives_the_margin_scalars(mrpc_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [os.path.join(root, name) for root, _, names in os.walk(mrpc_run) for name in names
+              if name.startswith("events.out.tfevents")]
+    assert events, "no TensorBoard event file"
+    tags = set()
+    for path in events:
+        accumulator = EventAccumulator(path)
+        accumulator.Reload()
+        tags.update(accumulator.Tags()["scalars"])
+    for tag in ("train/mmr/penalty", "train/mmr/radius", "train/mmr/lambda", "train/mms/mean", "train/mms/p50"):
+        assert tag in tags, sorted(tags)
+
+
+@pytest.mark.e2e
+def test_eval_mms_saved_and_report_draws_it(mrpc_run, tmp_path):
+    import numpy as np
+
+    scores = np.load(mrpc_run / "eval_mms.npy")
+    assert scores.shape == (96,) and np.isfinite(scores).all() and (scores >= 0).all()
+    result = subprocess.run([sys.executable, "-m", "hf_mmr.report", str(mrpc_run), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("mmr_training.png", "mmr_eval_mms.png"):
+        png = tmp_path / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_report_names_a_missing_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hf_mmr.report", str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "trainer_state.json" in result.stderr and "Traceback" not in result.stderr

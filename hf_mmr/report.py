@@ -1,0 +1,124 @@
+"""Plot the margins of one or more runs: ``python -m hf_mmr.report OUTPUT_DIR [OUTPUT_DIR ...]``.
+
+Reads each run's ``trainer_state.json`` (written by the Trainer) and, if present, its
+``eval_mms.npy`` (written by ``run_glue_mmr.py --do_eval``), and writes into the first
+directory (or ``--out``):
+
+* ``mmr_training.png``: training loss and MMR penalty, feature radius R, the MMR weight
+  lambda, and the quantiles (10/50/90 %) of the training batches' MMS, against the step;
+* ``mmr_eval_mms.png``: the distribution (histogram and CDF) of the evaluation set's MMS,
+  one curve per run, which is where larger margins show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def training_series(state: dict) -> dict[str, tuple[list[int], list[float]]]:
+    """``name -> (steps, values)`` of every numeric training-log entry."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for entry in state.get("log_history", []):
+        if "loss" not in entry:
+            continue
+        for name, value in entry.items():
+            if name != "step" and isinstance(value, (int, float)):
+                steps, values = series.setdefault(name, ([], []))
+                steps.append(entry["step"])
+                values.append(value)
+    return series
+
+
+def load_run(output_dir: str) -> tuple[dict, np.ndarray | None]:
+    path = os.path.join(output_dir, "trainer_state.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{output_dir} has no trainer_state.json; point to a finished run's --output_dir")
+    with open(path) as handle:
+        state = json.load(handle)
+    mms_path = os.path.join(output_dir, "eval_mms.npy")
+    return state, (np.load(mms_path) if os.path.isfile(mms_path) else None)
+
+
+def plot_training(runs: dict[str, dict], path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    panels = [
+        (axes[0, 0], "training loss and MMR penalty", ["loss", "mmr/penalty"]),
+        (axes[0, 1], "feature radius R", ["mmr/radius"]),
+        (axes[1, 0], "MMR weight lambda", ["mmr/lambda"]),
+        (axes[1, 1], "training-batch MMS (10/50/90 %)", ["mms/p10", "mms/p50", "mms/p90"]),
+    ]
+    for ax, title, names in panels:
+        for label, state in runs.items():
+            series = training_series(state)
+            for name in names:
+                if name in series:
+                    steps, values = series[name]
+                    ax.plot(steps, values, label=f"{label}: {name}" if len(runs) > 1 else name)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_eval_mms(scores: dict[str, np.ndarray], path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (hist, cdf) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    upper = max(float(np.quantile(s, 0.99)) for s in scores.values())
+    bins = np.linspace(0, upper, 40)
+    for label, values in scores.items():
+        hist.hist(values, bins=bins, alpha=0.5, label=f"{label} (median {np.median(values):.3g})")
+        ordered = np.sort(values)
+        cdf.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=label)
+    hist.set_title("evaluation-set minimal margin score")
+    hist.set_xlabel("MMS (distance to the nearest decision boundary)")
+    cdf.set_title("CDF")
+    cdf.set_xlabel("MMS")
+    cdf.set_xlim(0, upper)
+    hist.legend(fontsize=8)
+    cdf.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(prog="python -m hf_mmr.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dirs", nargs="+", help="run directories (compare several: baseline and MMR)")
+    parser.add_argument("--out", help="where to write the PNGs (default: the first run directory)")
+    parser.add_argument("--labels", nargs="+", help="a label per run (default: the directory names)")
+    options = parser.parse_args(argv)
+    labels = options.labels or [os.path.basename(os.path.normpath(d)) for d in options.output_dirs]
+    if len(labels) != len(options.output_dirs):
+        parser.error("--labels needs one label per output directory")
+    try:
+        loaded = {label: load_run(d) for label, d in zip(labels, options.output_dirs)}
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = options.out or options.output_dirs[0]
+    os.makedirs(out, exist_ok=True)
+    written = [os.path.join(out, "mmr_training.png")]
+    plot_training({label: state for label, (state, _) in loaded.items()}, written[0])
+    scores = {label: mms for label, (_, mms) in loaded.items() if mms is not None}
+    if scores:
+        written.append(os.path.join(out, "mmr_eval_mms.png"))
+        plot_eval_mms(scores, written[1])
+    for path in written:
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
