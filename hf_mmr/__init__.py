@@ -3,6 +3,7 @@
 from .arguments import MMRConfigError, MMRTrainingArguments
 from .head import FeatureCapture, HeadNotFoundError, find_classifier_head
 from .margins import minimal_margin_scores, mmr_penalty, squared_radius
+from .recovery import NonFiniteLossError, SaveOnSignal, last_complete_checkpoint
 from .trainer import MMRTrainer
 
 __version__ = "0.1.0"
@@ -13,7 +14,10 @@ __all__ = [
     "HeadNotFoundError",
     "MMRTrainer",
     "MMRTrainingArguments",
+    "NonFiniteLossError",
+    "SaveOnSignal",
     "find_classifier_head",
+    "last_complete_checkpoint",
     "minimal_margin_scores",
     "mmr_penalty",
     "squared_radius",

@@ -44,6 +44,12 @@ class IndexedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {**self.dataset[index], INDEX_KEY: index}
 
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Batched fetch (the DataLoader uses it): keeps ``datasets.Dataset``'s fast path."""
+        getitems = getattr(self.dataset, "__getitems__", None)
+        items = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
+        return [{**item, INDEX_KEY: index} for item, index in zip(items, indices)]
+
 
 class IndexCollator:
     """Collates with the wrapped collator, keeping the example indices aside as a tensor."""
@@ -130,7 +136,8 @@ class CachedMarginSampler(Sampler[int]):
         self.seed = seed
         self.selecting = selecting
         self.epoch = 0
-        self.kept_fraction = 1.0
+        self.kept_fraction = 1.0  # of the current epoch's passes, on average
+        self.skipped = 0  # examples left out of the current epoch's first pass
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -146,7 +153,7 @@ class CachedMarginSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if cache.epoch_scores is None:
             cache.weights = torch.ones(n)
-            self.kept_fraction = 1.0
+            self.kept_fraction, self.skipped = 1.0, 0
             yield from torch.randperm(n, generator=generator).tolist()
             return
         drawn: list[int] = []
@@ -158,6 +165,7 @@ class CachedMarginSampler(Sampler[int]):
             drawn += kept[torch.randperm(kept.numel(), generator=generator)].tolist()
         cache.weights = weights  # the same every pass: it depends only on the frozen scores
         self.kept_fraction = sum(kept_counts) / (len(kept_counts) * n)
+        self.skipped = n - kept_counts[0]
         yield from drawn[:n]
 
 

@@ -61,7 +61,7 @@ class MMRTrainer(Trainer):
     Trainer's own logs, so every ``report_to`` integration receives them: ``mmr/penalty``,
     ``mmr/radius``, ``mmr/lambda``, ``mms/mean``, and with MMS sampling ``mms/selected_mean``,
     ``mms/pool_mean``, ``mms/misclassified_selected``, ``mms/scoring_time_share`` (select) or
-    ``mms/kept_fraction`` (cached). With ``mmr_lambda == 0`` and ``mms_selection == "none"``
+    ``mms/kept_fraction`` and ``mms/skipped_per_pass`` (cached). With ``mmr_lambda == 0`` and ``mms_selection == "none"``
     the training is exactly that of ``Trainer``.
     """
 
@@ -110,12 +110,13 @@ class MMRTrainer(Trainer):
             logits = logits_of(outputs)
             features = self._capture.pop(logits)
             if model.training and labels is not None:
+                weight = self._head_weight()
                 if not self._head_checked:
                     autocast = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
                     self._capture.check_reproduces(features, logits, autocast)
                     self._head_checked = True
                 with torch.no_grad():
-                    mms = minimal_margin_scores(logits.detach(), self._capture.head.weight.detach())
+                    mms = minimal_margin_scores(logits.detach(), weight.detach())
                 self._record("mms/mean", mms.mean())
                 for name, value in zip(("mms/p10", "mms/p50", "mms/p90"), torch.quantile(mms, MMS_QUANTILES)):
                     self._record(name, value)
@@ -150,7 +151,7 @@ class MMRTrainer(Trainer):
             radius = r2.clamp_min(1e-12).sqrt()
             if self.args.mmr_detach_radius:
                 radius = radius.detach()
-            penalty = mmr_penalty(features, self._capture.head.weight, labels, logits, self.args.mmr_top_k, radius)
+            penalty = mmr_penalty(features, self._head_weight(), labels, logits, self.args.mmr_top_k, radius)
         lam = self.args.mmr_lambda_at(self.state.global_step, self.state.max_steps)
         self._record("mmr/penalty", penalty.detach())
         self._record("mmr/radius", radius.detach())
@@ -158,6 +159,18 @@ class MMRTrainer(Trainer):
         if not enabled:
             return None  # adding nothing keeps the loss bit-for-bit that of Trainer
         return lam * penalty
+
+    def _head_weight(self) -> torch.Tensor:
+        """The full (C, d) weight of the head; a sharded one (ZeRO-3, FSDP) cannot give the penalty."""
+        head = self._capture.head
+        weight = head.weight
+        if weight.dim() != 2 or tuple(weight.shape) != (head.out_features, head.in_features) or hasattr(weight, "ds_id"):
+            raise MMRConfigError(
+                f"the classifier weight {self._capture.head_path!r} is sharded (shape {tuple(weight.shape)}, DeepSpeed "
+                "ZeRO-3 or FSDP full sharding); MMR and MMS need the full weight: use ZeRO stage 2, or FSDP "
+                "with the classifier outside the sharded units"
+            )
+        return weight
 
     def _mean_factor(
         self, loss: torch.Tensor, outputs: Any, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any
@@ -279,6 +292,7 @@ class MMRTrainer(Trainer):
         self._cache.update(indices, mms)
         if self._sampler is not None:
             self._record("mms/kept_fraction", self._sampler.kept_fraction)
+            self._record("mms/skipped_per_pass", self._sampler.skipped)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
         """Select mode: count the labels of the examples that will be trained on, not of the whole pools."""
@@ -344,7 +358,7 @@ class MMRTrainer(Trainer):
                     rows = order[first : first + chunk].to(scores.device)
                     batch = take_rows(pool, rows)
                     logits = logits_of(net(**{k: v for k, v in batch.items() if k not in drop}))
-                    scores[rows] = minimal_margin_scores(logits, self._capture.head.weight)
+                    scores[rows] = minimal_margin_scores(logits, self._head_weight())
                     predicted[rows] = logits.argmax(dim=1)
         finally:
             self._capture.features = None

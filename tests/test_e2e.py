@@ -150,3 +150,18 @@ def test_report_names_a_missing_run(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hf_mmr.report", str(tmp_path)], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2 and "trainer_state.json" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_pipeline_loads_the_output_without_hf_mmr(mrpc_run):
+    code = f"""
+import sys
+from transformers import pipeline
+classify = pipeline("text-classification", model={str(mrpc_run)!r})
+result = classify({{"text": "The cat sat on the mat.", "text_pair": "A cat was sitting on the mat."}})
+assert "hf_mmr" not in sys.modules
+print(result)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "equivalent" in result.stdout

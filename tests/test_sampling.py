@@ -123,6 +123,8 @@ def test_cached_epochs_follow_the_keep_rule(tmp_path):
     kept = [e["mms/kept_fraction"] for e in trainer.state.log_history if "mms/kept_fraction" in e]
     assert kept[0] == 1.0 and kept[-1] == 1.0
     assert min(kept) == pytest.approx(0.25 + 0.75 * 0.2, abs=0.15)
+    skipped = [e["mms/skipped_per_pass"] for e in trainer.state.log_history if "mms/skipped_per_pass" in e]
+    assert skipped[0] == 0 and max(skipped) > 0
     # Selective epochs favour small cached MMS: repeats come from below the quantile.
     assert len(set(per_epoch[1])) < 40
 

@@ -1,0 +1,52 @@
+"""The shipped configs parse, flags after a config override it, and the console script runs the same main()."""
+
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from run_glue_mmr import default_model_dir, parse_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+def test_there_is_a_config_per_paper_task():
+    names = {os.path.basename(path) for path in CONFIGS}
+    assert {"mnli.yaml", "qqp.yaml", "qnli.yaml", "mrpc.yaml", "sst2.yaml", "rte.yaml", "default.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_parses(path):
+    model_args, data_args, training_args = parse_args([path])
+    assert data_args.task_name in {"mnli", "qqp", "qnli", "mrpc", "sst2", "rte"}
+    assert training_args.do_train and training_args.do_eval and training_args.mmr_lambda > 0
+    if os.path.basename(path) == "default.yaml":
+        assert model_args.model_name_or_path == default_model_dir() and data_args.glue_dir
+    else:
+        assert model_args.model_name_or_path == "bert-base-uncased"
+        assert training_args.learning_rate == 2e-5 and training_args.per_device_train_batch_size == 32
+
+
+def test_flags_after_the_file_override_it():
+    _, data_args, training_args = parse_args([os.path.join(ROOT, "configs", "mrpc.yaml"), "--mmr_lambda", "0.05",
+                                              "--glue_dir", "/data/glue", "--num_train_epochs", "1"])
+    assert training_args.mmr_lambda == 0.05 and training_args.num_train_epochs == 1
+    assert data_args.glue_dir == "/data/glue" and training_args.mmr_lambda_start == 1e-4  # the rest from the file
+
+
+def test_json_config(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"task_name": "rte", "output_dir": "x", "mmr_lambda": 0.2, "do_train": true}')
+    _, data_args, training_args = parse_args([str(path)])
+    assert data_args.task_name == "rte" and training_args.mmr_lambda == 0.2 and training_args.do_train
+
+
+def test_console_script():
+    executable = shutil.which("hf-mmr-glue")
+    if executable is None:
+        pytest.skip("the package is not installed (pip install -e .)")
+    result = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--mmr_lambda" in result.stdout and "--glue_dir" in result.stdout

@@ -1,0 +1,118 @@
+"""Every classifier architecture, PEFT, a plain nn.Module, bf16, and the Hub push path (intercepted)."""
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import transformers.trainer
+from hf_mmr import MMRTrainer, MMRTrainingArguments, find_classifier_head
+
+from conftest import available_model_types, tiny_model
+from test_trainer import NO_DROPOUT, synthetic_dataset
+
+
+def run(tmp_path, model, steps=2, dataset=None, **kwargs):
+    settings = {"per_device_train_batch_size": 4, "max_steps": steps, "learning_rate": 1e-3, "logging_steps": 1,
+                "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "mmr_lambda": 0.1}
+    args = MMRTrainingArguments(output_dir=str(tmp_path), **{**settings, **kwargs})
+    trainer = MMRTrainer(model=model, args=args, train_dataset=dataset or synthetic_dataset(
+        n=16, num_labels=getattr(getattr(model, "config", None), "num_labels", 3)))
+    trainer.train()
+    return trainer, [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.mark.parametrize("model_type", available_model_types())
+@pytest.mark.parametrize("num_labels,selection", [(2, "none"), (3, "select")])
+def test_architecture_matrix(tmp_path, model_type, num_labels, selection):
+    model = tiny_model(model_type, num_labels=num_labels)
+    _, logs = run(tmp_path, model, mms_selection=selection, mms_pool_factor=2)
+    assert len(logs) == 2
+    for entry in logs:
+        assert entry["mmr/penalty"] > 0 and math.isfinite(entry["mmr/penalty"]) and math.isfinite(entry["loss"])
+        assert (selection == "select") == ("mms/selected_mean" in entry)
+
+
+def test_peft_lora_with_the_classifier_in_modules_to_save(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model("bert", num_labels=3)
+    config = LoraConfig(r=4, target_modules=["query", "value"], modules_to_save=["classifier"], task_type="SEQ_CLS")
+    model = get_peft_model(base, config)
+    path, head = find_classifier_head(model)
+    assert path.endswith("classifier.modules_to_save.default")
+    frozen = model.base_model.model.classifier.original_module.weight.detach().clone()
+    trained_before = head.weight.detach().clone()
+    trainer, logs = run(tmp_path, model)
+    assert all(entry["mmr/penalty"] > 0 for entry in logs)
+    assert not torch.equal(head.weight, trained_before)  # the trained copy learns ...
+    assert torch.equal(model.base_model.model.classifier.original_module.weight, frozen)  # ... the original does not
+
+
+class BagOfWords(nn.Module):
+    """Not a transformers model: an embedding bag and a final linear layer named `out`."""
+
+    def __init__(self, num_labels=3):
+        super().__init__()
+        self.embed = nn.EmbeddingBag(100, 16)
+        self.hidden = nn.Linear(16, 16)
+        self.out = nn.Linear(16, num_labels)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        logits = self.out(torch.relu(self.hidden(self.embed(input_ids))))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+def test_plain_module_with_mmr_head(tmp_path):
+    _, logs = run(tmp_path, BagOfWords(), mmr_head="out")
+    assert all(entry["mmr/penalty"] > 0 for entry in logs)
+
+
+def test_bf16_penalty_matches_fp32(tmp_path):
+    """Same batch and weights: the bf16 penalty is within 3 % of the fp32 one (bf16 keeps 8 bits of mantissa)."""
+    penalties = {}
+    for bf16 in (False, True):
+        model = tiny_model("bert", num_labels=3, seed=4, **NO_DROPOUT)
+        _, logs = run(tmp_path / str(bf16), model, steps=1, bf16=bf16, use_cpu=True)
+        penalties[bf16] = logs[0]["mmr/penalty"]
+    assert penalties[True] == pytest.approx(penalties[False], rel=0.03)
+
+
+def test_push_to_hub_uploads_the_model_and_card(tmp_path, monkeypatch):
+    uploads = []
+
+    class FakeHub:
+        def create_repo(self, repo_id, **kwargs):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.append((repo_id, folder_path, sorted(os.listdir(folder_path)),
+                            open(os.path.join(folder_path, "README.md")).read(), kwargs.get("ignore_patterns")))
+            return "https://huggingface.co/" + repo_id
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeHub())
+    trainer, _ = run(tmp_path, tiny_model("bert", num_labels=3), hub_model_id="someone/tiny-mmr",
+                     mms_selection="cached")
+    trainer.push_to_hub(finetuned_from="tiny-bert", tasks="text-classification", dataset="synthetic")
+    ((repo_id, folder, files, card, ignored),) = uploads
+    assert repo_id == "someone/tiny-mmr" and folder == str(tmp_path)
+    assert {"config.json", "model.safetensors", "README.md"} <= set(files)
+    for text in ("- hf-mmr", "- text-classification", "| `mmr_lambda` | 0.1 |", "| `mms_selection` | cached |"):
+        assert text in card, text
+    assert "checkpoint-*" in ignored
+
+
+def test_sharded_classifier_weight_stops_with_a_clear_error(tmp_path):
+    """What ZeRO-3 leaves in a module outside its forward: an empty partition of the weight."""
+    model = tiny_model("bert", num_labels=3)
+    args = MMRTrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4,
+                                report_to="none", save_strategy="no", mmr_lambda=0.1)
+    trainer = MMRTrainer(model=model, args=args, train_dataset=synthetic_dataset(n=8))
+    # Like ZeRO-3, release the full weight once the head's forward is done.
+    model.classifier.register_forward_hook(lambda module, inputs, output: setattr(
+        module, "weight", nn.Parameter(torch.empty(0))))
+    with pytest.raises(Exception, match="sharded .*ZeRO stage 2"):
+        trainer.train()
