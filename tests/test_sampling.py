@@ -211,3 +211,22 @@ def test_select_with_dataloader_workers_scores_in_the_main_process(tmp_path):
     trainer._score_pool = lambda model, pool: (pids.append(os.getpid()), score(model, pool))[1]
     trainer.train()
     assert pids == [os.getpid(), os.getpid()]
+
+
+def test_select_with_gradient_accumulation(tmp_path):
+    """Each micro-batch selects from its own pool; the step's item count is that of the trained examples."""
+    trainer = make_trainer(tmp_path, "select", n=64, max_steps=2, gradient_accumulation_steps=2, mmr_lambda=0.1)
+    counts = []
+    original = trainer._get_num_items_in_batch
+
+    def counting(batch_samples, device):
+        counts.append(original(batch_samples, device))
+        return counts[-1]
+
+    trainer._get_num_items_in_batch = counting
+    trainer.train()
+    assert len(trainer.pools) == 4 and all(len(pool) == 16 for pool in trainer.pools)
+    assert len(trainer.trained) == 4 and all(len(batch) == 4 for batch in trainer.trained)
+    assert all(set(batch) <= set(pool) for batch, pool in zip(trainer.trained, trainer.pools))
+    # BERT accepts **kwargs, so the Trainer counts items: 2 micro-batches x 4 trained examples, not 2 x 16.
+    assert [float(count) for count in counts] == [8.0, 8.0]
