@@ -227,9 +227,14 @@ def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainin
     """Refuse a non-empty output_dir unless asked to overwrite or resume; return the checkpoint to resume from."""
     output_dir = training_args.output_dir
     if training_args.resume_from_checkpoint is not None:
-        if not os.path.isdir(training_args.resume_from_checkpoint):
-            raise UsageError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint!r} is not a directory")
-        return training_args.resume_from_checkpoint
+        checkpoint = training_args.resume_from_checkpoint
+        if not os.path.isdir(checkpoint):
+            raise UsageError(f"--resume_from_checkpoint {checkpoint!r} is not a directory")
+        if not os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
+            last = last_complete_checkpoint(os.path.dirname(os.path.abspath(checkpoint)))
+            raise UsageError(f"--resume_from_checkpoint {checkpoint} did not finish saving (no trainer_state.json); "
+                             f"resume from an earlier one (last complete: {last or 'none'})")
+        return checkpoint
     if not (training_args.do_train and os.path.isdir(output_dir) and os.listdir(output_dir)):
         return None
     if data_args.overwrite_output_dir:

@@ -62,6 +62,9 @@ CASES = [
                                         "nobody/nothing"], ["local model path"]),
     ("unknown flag", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lamda", "0.1"], ["--mmr_lamda"]),
     ("missing config file", lambda t, g: [str(t / "absent.yaml")], ["absent.yaml"]),
+    ("half-written checkpoint", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--resume_from_checkpoint",
+                                              os.path.dirname(write(t / "out" / "checkpoint-7" / "model.safetensors", "x"))],
+     ["--resume_from_checkpoint", "did not finish saving"]),
 ]
 
 
@@ -104,7 +107,8 @@ def check(code, stderr, words, output_dir):
     assert "error:" in message
     for word in words:
         assert word in message, message
-    assert sorted(os.listdir(output_dir)) == ["mine.txt"] and (output_dir / "mine.txt").read_text() == "keep me"
+    assert "mine.txt" in os.listdir(output_dir) and (output_dir / "mine.txt").read_text() == "keep me"
+    assert set(os.listdir(output_dir)) <= {"mine.txt", "checkpoint-7"}
 
 
 def test_every_bad_input_fails_cleanly(tmp_path):

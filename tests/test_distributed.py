@@ -56,20 +56,26 @@ def test_logged_diagnostics_are_global(select_records):
 
 
 @pytest.mark.e2e
-def test_run_glue_select_on_two_processes(glue_dir, tmp_path):
-    """The script itself under accelerate with 2 CPU processes, select mode plus MMR, on real RTE."""
+@pytest.mark.parametrize("mode", ["select", "cached"])
+def test_run_glue_on_two_processes(glue_dir, tmp_path, mode):
+    """The script itself under accelerate with 2 CPU processes, MMS sampling plus MMR, on real RTE."""
     script = os.path.join(os.path.dirname(HERE), "run_glue_mmr.py")
     result = launch(script, "--task_name", "rte", "--glue_dir", glue_dir, "--do_train", "--use_cpu",
-                    "--max_steps", "2", "--per_device_train_batch_size", "4", "--mms_selection", "select",
+                    "--max_steps", "2", "--per_device_train_batch_size", "4", "--mms_selection", mode,
                     "--mms_pool_factor", "2", "--mmr_lambda", "0.1", "--pad_to_max_length", "false",
                     "--logging_steps", "1", "--save_strategy", "no", "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-4000:]
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     steps = [entry for entry in history if "loss" in entry]
     assert [entry["step"] for entry in steps] == [1, 2]
-    assert all("mms/selected_mean" in entry and entry["mmr/penalty"] > 0 for entry in steps)
-    # 2 processes x 4 per device x pool factor 2 = 16 candidates per step: about 2490 / 16 steps per epoch.
-    assert steps[0]["epoch"] == pytest.approx(1 / (2490 // 16), rel=0.02)
+    assert all(entry["mmr/penalty"] > 0 for entry in steps)
+    if mode == "select":
+        assert all("mms/selected_mean" in entry for entry in steps)
+        # 2 processes x 4 per device x pool factor 2 = 16 candidates per step: about 2490 / 16 steps per epoch.
+        assert steps[0]["epoch"] == pytest.approx(1 / (2490 // 16), rel=0.02)
+    else:
+        assert all(entry["mms/kept_fraction"] == 1.0 for entry in steps)  # the first epoch is uniform
+        assert steps[0]["epoch"] == pytest.approx(1 / (2490 // 8), rel=0.02)
 
 
 @pytest.mark.e2e
