@@ -297,7 +297,8 @@ class MMRTrainer(Trainer):
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
         """Select mode: count the labels of the examples that will be trained on, not of the whole pools."""
         num_items = super()._get_num_items_in_batch(batch_samples, device)
-        if num_items is None or self.args.mms_selection != "select" or not batch_samples:
+        is_pool = self.args.mms_selection == "select" and all(INDEX_KEY in batch for batch in batch_samples)
+        if num_items is None or not batch_samples or not is_pool:  # evaluation batches are no pools
             return num_items
         world = self.args.world_size
         pool = sum(len(batch[INDEX_KEY]) for batch in batch_samples)

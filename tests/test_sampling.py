@@ -1,6 +1,7 @@
 """MMS selection: select picks the pool's lowest scores, cached keeps the gradient unbiased, both resume exactly."""
 
 import copy
+import math
 import os
 
 import pytest
@@ -230,3 +231,14 @@ def test_select_with_gradient_accumulation(tmp_path):
     assert all(set(batch) <= set(pool) for batch, pool in zip(trainer.trained, trainer.pools))
     # BERT accepts **kwargs, so the Trainer counts items: 2 micro-batches x 4 trained examples, not 2 x 16.
     assert [float(count) for count in counts] == [8.0, 8.0]
+
+
+@pytest.mark.parametrize("mode", ["select", "cached"])
+def test_evaluation_after_selective_training(tmp_path, mode):
+    """Evaluation batches carry no example index and go through the Trainer's own path."""
+    trainer = make_trainer(tmp_path, mode, max_steps=2, mmr_lambda=0.1)
+    trainer.train()
+    metrics = trainer.evaluate(eval_dataset=synthetic_dataset(n=12, length=10, seed=5))
+    assert math.isfinite(metrics["eval_loss"]) and metrics["eval_samples_per_second"] > 0
+    prediction = trainer.predict(synthetic_dataset(n=6, length=10, seed=6))
+    assert prediction.predictions.shape == (6, 3)
