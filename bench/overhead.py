@@ -9,7 +9,8 @@ machine drift cancels, and each arm is compared with the plain run of the same r
 
 Throughput is the examples trained on per second of the median timed step (the first steps
 are warm-up and not timed; the median resists the bursts of a shared machine; the mean is
-reported too); for select mode that excludes the scored candidates, so its scoring cost shows. The last line printed is one JSON object with the median ratios.
+reported too); for select mode that excludes the scored candidates, so its scoring cost shows.
+The last line printed is one JSON object with the median ratios.
 
     python bench/overhead.py --quick            # < 10 minutes on 2 CPU cores
     python bench/overhead.py --repeats 5 --steps 60
@@ -33,8 +34,14 @@ ARMS = ("plain", "mmr", "select", "cached")
 def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str) -> dict:
     """Train one arm for ``steps`` steps and measure it (runs in its own process)."""
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     sys.path.insert(0, ROOT)
     from hf_mmr import MMRTrainer, MMRTrainingArguments
@@ -45,8 +52,9 @@ def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str) -> dict:
     model_dir = default_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train = load_glue_tsv(glue_dir, "mrpc", ["train"])["train"]
-    train = train.map(lambda b: tokenizer(b["sentence1"], b["sentence2"], truncation=True, max_length=128),
-                      batched=True)
+    train = train.map(
+        lambda b: tokenizer(b["sentence1"], b["sentence2"], truncation=True, max_length=128), batched=True
+    )
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
 
     class Clock(TrainerCallback):
@@ -57,17 +65,31 @@ def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str) -> dict:
             self.times.append(time.perf_counter())
 
     clock = Clock()
-    common = dict(output_dir=os.path.join("/tmp", f"hf_mmr_overhead_{arm}_{os.getpid()}"), max_steps=steps,
-                  per_device_train_batch_size=batch, learning_rate=5e-5, seed=42, save_strategy="no",
-                  report_to="none", logging_steps=steps, disable_tqdm=True, dataloader_pin_memory=False)
+    common = dict(
+        output_dir=os.path.join("/tmp", f"hf_mmr_overhead_{arm}_{os.getpid()}"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=5e-5,
+        seed=42,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=steps,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
     if arm == "plain":
         trainer_cls, args = Trainer, TrainingArguments(**common)
     else:
         selection = arm if arm in ("select", "cached") else "none"
         trainer_cls = MMRTrainer
         args = MMRTrainingArguments(**common, mmr_lambda=0.1, mms_selection=selection, mms_anneal_epochs=0)
-    trainer = trainer_cls(model=model, args=args, train_dataset=train,
-                          data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
     trainer.add_callback(clock)
     trainer.train()
     timed = clock.times[warmup - 1 :]
@@ -83,8 +105,20 @@ def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str) -> dict:
 
 
 def run_arm(arm: str, options: argparse.Namespace) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", arm, "--steps", str(options.steps),
-               "--warmup", str(options.warmup), "--batch", str(options.batch), "--glue_dir", options.glue_dir]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        arm,
+        "--steps",
+        str(options.steps),
+        "--warmup",
+        str(options.warmup),
+        "--batch",
+        str(options.batch),
+        "--glue_dir",
+        options.glue_dir,
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -104,8 +138,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="first steps not timed")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", os.path.join(ROOT, "..", "shared", "data",
-                                                                                        "glue")))
+    parser.add_argument(
+        "--glue_dir", default=os.environ.get("GLUE_DIR", os.path.join(ROOT, "..", "shared", "data", "glue"))
+    )
     parser.add_argument("--output", help="also write the JSON result to this file")
     parser.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -122,11 +157,20 @@ def main() -> None:
     for repeat in range(options.repeats):
         for arm in arms:
             runs[arm].append(run_arm(arm, options))
-            print(f"repeat {repeat + 1}/{options.repeats} {arm:7s} "
-                  f"{runs[arm][-1]['train_samples_per_second']:7.2f} samples/s "
-                  f"{runs[arm][-1]['peak_rss_mib']:8.0f} MiB peak", flush=True)
-    result: dict = {"steps": options.steps, "warmup_steps": options.warmup, "batch": options.batch,
-                    "repeats": options.repeats, "total_seconds": round(time.time() - start, 1), "arms": {}}
+            print(
+                f"repeat {repeat + 1}/{options.repeats} {arm:7s} "
+                f"{runs[arm][-1]['train_samples_per_second']:7.2f} samples/s "
+                f"{runs[arm][-1]['peak_rss_mib']:8.0f} MiB peak",
+                flush=True,
+            )
+    result: dict = {
+        "steps": options.steps,
+        "warmup_steps": options.warmup,
+        "batch": options.batch,
+        "repeats": options.repeats,
+        "total_seconds": round(time.time() - start, 1),
+        "arms": {},
+    }
     for arm in arms:
         result["arms"][arm] = {
             "train_samples_per_second": summary([r["train_samples_per_second"] for r in runs[arm]]),
@@ -134,8 +178,9 @@ def main() -> None:
         }
         if arm == "plain":
             continue
-        throughput = [r["train_samples_per_second"] / p["train_samples_per_second"]
-                      for r, p in zip(runs[arm], runs["plain"])]
+        throughput = [
+            r["train_samples_per_second"] / p["train_samples_per_second"] for r, p in zip(runs[arm], runs["plain"])
+        ]
         memory = [r["peak_rss_mib"] / p["peak_rss_mib"] for r, p in zip(runs[arm], runs["plain"])]
         result["arms"][arm]["throughput_ratio"] = summary(throughput)
         result["arms"][arm]["peak_memory_ratio"] = summary(memory)

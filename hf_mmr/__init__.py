@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FeatureCapture",
-    "MMRConfigError",
     "HeadNotFoundError",
+    "MMRConfigError",
     "MMRTrainer",
     "MMRTrainingArguments",
     "NonFiniteLossError",

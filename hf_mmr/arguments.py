@@ -32,8 +32,10 @@ class MMRTrainingArguments(TrainingArguments):
     )
     mmr_lambda_warmup_ratio: float = field(
         default=0.0,
-        metadata={"help": "Fraction of the training steps over which the MMR weight goes from mmr_lambda_start to "
-                  "mmr_lambda (0 = no ramp)."},
+        metadata={
+            "help": "Fraction of the training steps over which the MMR weight goes from mmr_lambda_start to "
+            "mmr_lambda (0 = no ramp)."
+        },
     )
     mmr_top_k: int = field(
         default=1,
@@ -45,8 +47,10 @@ class MMRTrainingArguments(TrainingArguments):
     )
     mmr_head: str | None = field(
         default=None,
-        metadata={"help": "Module path of the final nn.Linear that produces the logits, e.g. 'classifier.out_proj'. "
-                  "Default: found automatically."},
+        metadata={
+            "help": "Module path of the final nn.Linear that produces the logits, e.g. 'classifier.out_proj'. "
+            "Default: found automatically."
+        },
     )
     mms_selection: str = field(
         default="none",
@@ -63,8 +67,9 @@ class MMRTrainingArguments(TrainingArguments):
     )
     mms_warmup_steps: int = field(
         default=0,
-        metadata={"help": "Optimizer steps of uniform sampling before MMS selection starts (a fresh head's scores "
-                  "are noise)."},
+        metadata={
+            "help": "Optimizer steps of uniform sampling before MMS selection starts (a fresh head's scores are noise)."
+        },
     )
     mms_keep_quantile: float = field(
         default=0.5,
@@ -72,8 +77,10 @@ class MMRTrainingArguments(TrainingArguments):
     )
     mms_keep_fraction: float = field(
         default=0.5,
-        metadata={"help": "cached: the fraction of the other examples kept at random; their loss is weighted by "
-                  "1 / fraction so the gradient stays unbiased."},
+        metadata={
+            "help": "cached: the fraction of the other examples kept at random; their loss is weighted by "
+            "1 / fraction so the gradient stays unbiased."
+        },
     )
     mms_anneal_epochs: int = field(
         default=1,
@@ -94,8 +101,14 @@ class MMRTrainingArguments(TrainingArguments):
         if self.mmr_head is not None and not self.mmr_head.strip():
             raise MMRConfigError("--mmr_head must be a module path such as 'classifier', or left unset")
         if self.mms_selection not in MMS_SELECTIONS:
-            raise MMRConfigError(f"--mms_selection must be one of {', '.join(MMS_SELECTIONS)}, got {self.mms_selection!r}")
-        if isinstance(self.mms_pool_factor, bool) or not isinstance(self.mms_pool_factor, int) or self.mms_pool_factor < 1:
+            raise MMRConfigError(
+                f"--mms_selection must be one of {', '.join(MMS_SELECTIONS)}, got {self.mms_selection!r}"
+            )
+        if (
+            isinstance(self.mms_pool_factor, bool)
+            or not isinstance(self.mms_pool_factor, int)
+            or self.mms_pool_factor < 1
+        ):
             raise MMRConfigError(f"--mms_pool_factor must be an integer >= 1, got {self.mms_pool_factor!r}")
         for name in ("mms_warmup_steps", "mms_anneal_epochs"):
             value = getattr(self, name)

@@ -58,21 +58,37 @@ _NLI2 = ("entailment", "not_entailment")
 
 TASKS: dict[str, GlueTask] = {
     "cola": GlueTask(
-        "CoLA", ("sentence",), ("sentence",), "label", ("unacceptable", "acceptable"), _BINARY,
+        "CoLA",
+        ("sentence",),
+        ("sentence",),
+        "label",
+        ("unacceptable", "acceptable"),
+        _BINARY,
         headerless=("source", "label", "original_label", "sentence"),
     ),
     "sst2": GlueTask("SST-2", ("sentence",), ("sentence",), "label", ("negative", "positive"), _BINARY),
     "mrpc": GlueTask(
-        "MRPC", ("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality",
-        ("not_equivalent", "equivalent"), _BINARY,
+        "MRPC",
+        ("sentence1", "sentence2"),
+        ("#1 String", "#2 String"),
+        "Quality",
+        ("not_equivalent", "equivalent"),
+        _BINARY,
     ),
     "qqp": GlueTask(
-        "QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate",
-        ("not_duplicate", "duplicate"), _BINARY,
+        "QQP",
+        ("question1", "question2"),
+        ("question1", "question2"),
+        "is_duplicate",
+        ("not_duplicate", "duplicate"),
+        _BINARY,
     ),
     "stsb": GlueTask("STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "score"),
     "mnli": GlueTask(
-        "MNLI", ("premise", "hypothesis"), ("sentence1", "sentence2"), "gold_label",
+        "MNLI",
+        ("premise", "hypothesis"),
+        ("sentence1", "sentence2"),
+        "gold_label",
         ("entailment", "neutral", "contradiction"),
         files={
             "train": "train.tsv",
@@ -85,8 +101,12 @@ TASKS: dict[str, GlueTask] = {
     "qnli": GlueTask("QNLI", ("question", "sentence"), ("question", "sentence"), "label", _NLI2),
     "rte": GlueTask("RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", _NLI2),
     "wnli": GlueTask(
-        "WNLI", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label",
-        ("not_entailment", "entailment"), _BINARY,
+        "WNLI",
+        ("sentence1", "sentence2"),
+        ("sentence1", "sentence2"),
+        "label",
+        ("not_entailment", "entailment"),
+        _BINARY,
     ),
 }
 
@@ -149,7 +169,9 @@ def _parse_label(task: GlueTask, value: str, path: str, line_no: int) -> float |
     try:
         return float(value) if task.is_regression else task.label_id(value)
     except (KeyError, ValueError):
-        expected = "a number" if task.is_regression else " or ".join(repr(v) for v in task.tsv_labels or task.label_names)
+        expected = (
+            "a number" if task.is_regression else " or ".join(repr(v) for v in task.tsv_labels or task.label_names)
+        )
         raise GlueDataError(f"{path}:{line_no}: unknown label {value!r}, expected {expected}") from None
 
 

@@ -33,8 +33,7 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     steps = [
         int(match.group(1))
         for name in os.listdir(output_dir)
-        if (match := _CHECKPOINT_RE.match(name))
-        and os.path.isfile(os.path.join(output_dir, name, COMPLETE_MARKER))
+        if (match := _CHECKPOINT_RE.match(name)) and os.path.isfile(os.path.join(output_dir, name, COMPLETE_MARKER))
     ]
     return os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}") if steps else None
 

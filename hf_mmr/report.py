@@ -91,8 +91,9 @@ def plot_eval_mms(scores: dict[str, np.ndarray], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(prog="python -m hf_mmr.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_mmr.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("output_dirs", nargs="+", help="run directories (compare several: baseline and MMR)")
     parser.add_argument("--out", help="where to write the PNGs (default: the first run directory)")
     parser.add_argument("--labels", nargs="+", help="a label per run (default: the directory names)")

@@ -128,8 +128,9 @@ class CachedMarginSampler(Sampler[int]):
     indices are drawn. The loss weights of the epoch are left in ``cache.weights``.
     """
 
-    def __init__(self, cache: MarginCache, quantile: float, fraction: float, seed: int,
-                 selecting: Callable[[int], bool]):
+    def __init__(
+        self, cache: MarginCache, quantile: float, fraction: float, seed: int, selecting: Callable[[int], bool]
+    ):
         self.cache = cache
         self.quantile = quantile
         self.fraction = fraction

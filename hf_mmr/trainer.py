@@ -36,9 +36,20 @@ logger = logging.getLogger(__name__)
 MMS_QUANTILES = torch.tensor([0.1, 0.5, 0.9])
 
 # Every MMR and MMS setting, as recorded in the model card.
-MMR_SETTINGS = ("mmr_lambda", "mmr_lambda_start", "mmr_lambda_warmup_ratio", "mmr_top_k", "mmr_detach_radius",
-                "mmr_head", "mms_selection", "mms_pool_factor", "mms_warmup_steps", "mms_keep_quantile",
-                "mms_keep_fraction", "mms_anneal_epochs")
+MMR_SETTINGS = (
+    "mmr_lambda",
+    "mmr_lambda_start",
+    "mmr_lambda_warmup_ratio",
+    "mmr_top_k",
+    "mmr_detach_radius",
+    "mmr_head",
+    "mms_selection",
+    "mms_pool_factor",
+    "mms_warmup_steps",
+    "mms_keep_quantile",
+    "mms_keep_fraction",
+    "mms_anneal_epochs",
+)
 
 # Saved in every checkpoint folder in cached mode: the MMS cache and the current epoch's frozen scores.
 MMS_STATE_NAME = "mms_state.pt"
@@ -59,9 +70,10 @@ class MMRTrainer(Trainer):
     The input of the classifier's final ``nn.Linear`` is captured by a forward hook during the
     normal forward pass. Diagnostics, averaged over each logging window, are added to the
     Trainer's own logs, so every ``report_to`` integration receives them: ``mmr/penalty``,
-    ``mmr/radius``, ``mmr/lambda``, ``mms/mean``, and with MMS sampling ``mms/selected_mean``,
-    ``mms/pool_mean``, ``mms/misclassified_selected``, ``mms/scoring_time_share`` (select) or
-    ``mms/kept_fraction`` and ``mms/skipped_per_pass`` (cached). With ``mmr_lambda == 0`` and ``mms_selection == "none"``
+    ``mmr/radius``, ``mmr/lambda``, ``mms/mean`` and its quantiles ``mms/p10``, ``mms/p50``,
+    ``mms/p90``; with MMS sampling also ``mms/selected_mean``, ``mms/pool_mean``,
+    ``mms/misclassified_selected``, ``mms/scoring_time_share`` (select) or ``mms/kept_fraction``
+    and ``mms/skipped_per_pass`` (cached). With ``mmr_lambda == 0`` and ``mms_selection == "none"``
     the training is exactly that of ``Trainer``.
     """
 
@@ -164,7 +176,11 @@ class MMRTrainer(Trainer):
         """The full (C, d) weight of the head; a sharded one (ZeRO-3, FSDP) cannot give the penalty."""
         head = self._capture.head
         weight = head.weight
-        if weight.dim() != 2 or tuple(weight.shape) != (head.out_features, head.in_features) or hasattr(weight, "ds_id"):
+        if (
+            weight.dim() != 2
+            or tuple(weight.shape) != (head.out_features, head.in_features)
+            or hasattr(weight, "ds_id")
+        ):
             raise MMRConfigError(
                 f"the classifier weight {self._capture.head_path!r} is sharded (shape {tuple(weight.shape)}, DeepSpeed "
                 "ZeRO-3 or FSDP full sharding); MMR and MMS need the full weight: use ZeRO stage 2, or FSDP "
@@ -373,7 +389,9 @@ class MMRTrainer(Trainer):
         gathered = {}
         for key, value in pool.items():
             if isinstance(value, torch.Tensor) and value.dim() >= 1:
-                padded = self.accelerator.pad_across_processes(value, dim=value.dim() - 1) if value.dim() == 2 else value
+                padded = (
+                    self.accelerator.pad_across_processes(value, dim=value.dim() - 1) if value.dim() == 2 else value
+                )
                 gathered[key] = self.accelerator.gather(padded)
             else:
                 gathered[key] = value
@@ -439,7 +457,9 @@ class MMRTrainer(Trainer):
         """The Trainer's checkpoint, plus the MMS cache, then a marker saying that saving finished."""
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             if self._cache is not None:
                 torch.save(self._cache.state_dict(), os.path.join(folder, MMS_STATE_NAME))
             mark_complete(folder)

@@ -30,41 +30,105 @@ CASES = [
     ("missing glue dir", lambda t, g: ["--task_name", "rte", "--glue_dir", str(t / "nowhere")], ["--glue_dir"]),
     ("no task folder", lambda t, g: ["--task_name", "cola", "--glue_dir", g], ["CoLA/"]),
     ("missing split file", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--do_predict"], ["test.tsv"]),
-    ("ragged row", lambda t, g: ["--task_name", "rte", "--glue_dir", rte_dir(t, train_rows="0\ta\tentailment\n")],
-     ["train.tsv:2", "fields"]),
-    ("unknown label", lambda t, g: ["--task_name", "rte", "--glue_dir", rte_dir(t, dev_rows="0\ta\tb\tyes\n")],
-     ["dev.tsv:2", "'yes'"]),
-    ("missing train file", lambda t, g: ["--train_file", str(t / "no.csv"), "--validation_file", str(t / "no.csv")],
-     ["--train_file", "does not exist"]),
-    ("bad extension", lambda t, g: ["--train_file", write(t / "a.txt", "x"), "--validation_file",
-                                    write(t / "b.txt", "x")], ["--train_file", ".csv"]),
-    ("no label column", lambda t, g: ["--train_file", write(t / "a.csv", "text\nhi\n"), "--validation_file",
-                                      write(t / "b.csv", "text\nhi\n")], ["a.csv", "'label'"]),
-    ("no rows", lambda t, g: ["--train_file", write(t / "a.csv", "text,label\n"), "--validation_file",
-                              write(t / "b.csv", "text,label\nhi,0\n")], ["a.csv", "no rows"]),
+    (
+        "ragged row",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", rte_dir(t, train_rows="0\ta\tentailment\n")],
+        ["train.tsv:2", "fields"],
+    ),
+    (
+        "unknown label",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", rte_dir(t, dev_rows="0\ta\tb\tyes\n")],
+        ["dev.tsv:2", "'yes'"],
+    ),
+    (
+        "missing train file",
+        lambda t, g: ["--train_file", str(t / "no.csv"), "--validation_file", str(t / "no.csv")],
+        ["--train_file", "does not exist"],
+    ),
+    (
+        "bad extension",
+        lambda t, g: ["--train_file", write(t / "a.txt", "x"), "--validation_file", write(t / "b.txt", "x")],
+        ["--train_file", ".csv"],
+    ),
+    (
+        "no label column",
+        lambda t, g: [
+            "--train_file",
+            write(t / "a.csv", "text\nhi\n"),
+            "--validation_file",
+            write(t / "b.csv", "text\nhi\n"),
+        ],
+        ["a.csv", "'label'"],
+    ),
+    (
+        "no rows",
+        lambda t, g: [
+            "--train_file",
+            write(t / "a.csv", "text,label\n"),
+            "--validation_file",
+            write(t / "b.csv", "text,label\nhi,0\n"),
+        ],
+        ["a.csv", "no rows"],
+    ),
     ("negative lambda", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda", "-1"], ["--mmr_lambda"]),
     ("nan lambda", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda", "nan"], ["--mmr_lambda"]),
     ("top_k zero", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_top_k", "0"], ["--mmr_top_k"]),
-    ("top_k too large", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda", "0.1",
-                                      "--mmr_top_k", "2"], ["--mmr_top_k", "1"]),
-    ("warmup ratio", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda_warmup_ratio", "1.5"],
-     ["--mmr_lambda_warmup_ratio"]),
-    ("unknown mode", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mms_selection", "smart"],
-     ["--mms_selection"]),
-    ("pool factor", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mms_pool_factor", "0"],
-     ["--mms_pool_factor"]),
-    ("quantile", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mms_keep_quantile", "1"],
-     ["--mms_keep_quantile"]),
-    ("regression with mmr", lambda t, g: ["--train_file", write(t / "a.csv", "text,label\nhi,0.5\nho,1.5\n"),
-                                          "--validation_file", write(t / "b.csv", "text,label\nhi,0.5\n"),
-                                          "--mmr_lambda", "0.1"], ["regression", "--mmr_lambda 0"]),
-    ("unreachable model", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--model_name_or_path",
-                                        "nobody/nothing"], ["local model path"]),
+    (
+        "top_k too large",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda", "0.1", "--mmr_top_k", "2"],
+        ["--mmr_top_k", "1"],
+    ),
+    (
+        "warmup ratio",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lambda_warmup_ratio", "1.5"],
+        ["--mmr_lambda_warmup_ratio"],
+    ),
+    (
+        "unknown mode",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mms_selection", "smart"],
+        ["--mms_selection"],
+    ),
+    (
+        "pool factor",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mms_pool_factor", "0"],
+        ["--mms_pool_factor"],
+    ),
+    (
+        "quantile",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mms_keep_quantile", "1"],
+        ["--mms_keep_quantile"],
+    ),
+    (
+        "regression with mmr",
+        lambda t, g: [
+            "--train_file",
+            write(t / "a.csv", "text,label\nhi,0.5\nho,1.5\n"),
+            "--validation_file",
+            write(t / "b.csv", "text,label\nhi,0.5\n"),
+            "--mmr_lambda",
+            "0.1",
+        ],
+        ["regression", "--mmr_lambda 0"],
+    ),
+    (
+        "unreachable model",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--model_name_or_path", "nobody/nothing"],
+        ["local model path"],
+    ),
     ("unknown flag", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lamda", "0.1"], ["--mmr_lamda"]),
     ("missing config file", lambda t, g: [str(t / "absent.yaml")], ["absent.yaml"]),
-    ("half-written checkpoint", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--resume_from_checkpoint",
-                                              os.path.dirname(write(t / "out" / "checkpoint-7" / "model.safetensors", "x"))],
-     ["--resume_from_checkpoint", "did not finish saving"]),
+    (
+        "half-written checkpoint",
+        lambda t, g: [
+            "--task_name",
+            "rte",
+            "--glue_dir",
+            g,
+            "--resume_from_checkpoint",
+            os.path.dirname(write(t / "out" / "checkpoint-7" / "model.safetensors", "x")),
+        ],
+        ["--resume_from_checkpoint", "did not finish saving"],
+    ),
 ]
 
 
@@ -115,9 +179,15 @@ def test_every_bad_input_fails_cleanly(tmp_path):
     """All cases through main(argv), the command line's entry point, in one process (imports are slow)."""
     prepared = [prepare(tmp_path, i, build) for i, (_, build, _) in enumerate(CASES)]
     driver = DRIVER.format(root=ROOT)
-    result = subprocess.run([sys.executable, "-c", driver], input=json.dumps([args for args, _ in prepared]),
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", driver],
+        input=json.dumps([args for args, _ in prepared]),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = json.loads(result.stdout.strip().splitlines()[-1])
     failures = []
@@ -134,6 +204,12 @@ def test_real_command_line(tmp_path, name):
     """A few of the cases as separate command lines, exit code included."""
     index = [case[0] for case in CASES].index(name)
     args, output_dir = prepare(tmp_path, index, CASES[index][1])
-    result = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=tmp_path,
+    )
     check(result.returncode, result.stderr, CASES[index][2], output_dir)

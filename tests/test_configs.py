@@ -31,8 +31,17 @@ def test_config_parses(path):
 
 
 def test_flags_after_the_file_override_it():
-    _, data_args, training_args = parse_args([os.path.join(ROOT, "configs", "mrpc.yaml"), "--mmr_lambda", "0.05",
-                                              "--glue_dir", "/data/glue", "--num_train_epochs", "1"])
+    _, data_args, training_args = parse_args(
+        [
+            os.path.join(ROOT, "configs", "mrpc.yaml"),
+            "--mmr_lambda",
+            "0.05",
+            "--glue_dir",
+            "/data/glue",
+            "--num_train_epochs",
+            "1",
+        ]
+    )
     assert training_args.mmr_lambda == 0.05 and training_args.num_train_epochs == 1
     assert data_args.glue_dir == "/data/glue" and training_args.mmr_lambda_start == 1e-4  # the rest from the file
 

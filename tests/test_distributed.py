@@ -11,8 +11,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def launch(script, *args, timeout=600):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        script,
+        *args,
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -60,10 +74,33 @@ def test_logged_diagnostics_are_global(select_records):
 def test_run_glue_on_two_processes(glue_dir, tmp_path, mode):
     """The script itself under accelerate with 2 CPU processes, MMS sampling plus MMR, on real RTE."""
     script = os.path.join(os.path.dirname(HERE), "run_glue_mmr.py")
-    result = launch(script, "--task_name", "rte", "--glue_dir", glue_dir, "--do_train", "--use_cpu",
-                    "--max_steps", "2", "--per_device_train_batch_size", "4", "--mms_selection", mode,
-                    "--mms_pool_factor", "2", "--mmr_lambda", "0.1", "--pad_to_max_length", "false",
-                    "--logging_steps", "1", "--save_strategy", "no", "--output_dir", str(tmp_path / "out"))
+    result = launch(
+        script,
+        "--task_name",
+        "rte",
+        "--glue_dir",
+        glue_dir,
+        "--do_train",
+        "--use_cpu",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--mms_selection",
+        mode,
+        "--mms_pool_factor",
+        "2",
+        "--mmr_lambda",
+        "0.1",
+        "--pad_to_max_length",
+        "false",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     steps = [entry for entry in history if "loss" in entry]
@@ -89,8 +126,13 @@ def test_two_processes_agree_with_one_on_the_same_global_batch(glue_dir, tmp_pat
     applies to the penalty too.)
     """
     worker = os.path.join(HERE, "distributed", "rte_worker.py")
-    single = subprocess.run([sys.executable, worker, glue_dir, str(tmp_path)], capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    single = subprocess.run(
+        [sys.executable, worker, glue_dir, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     double = launch(worker, glue_dir, str(tmp_path))
     assert double.returncode == 0, double.stderr[-3000:]

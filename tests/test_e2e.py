@@ -14,8 +14,9 @@ SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
 
 def run_script(*args, env=None, timeout=600):
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,16 @@ def mrpc_run(glue_dir, tmp_path_factory):
 
 @pytest.mark.e2e
 def test_outputs_like_run_glue(mrpc_run):
-    for name in ("train_results.json", "eval_results.json", "all_results.json", "trainer_state.json",
-                 "config.json", "model.safetensors", "tokenizer.json", "README.md"):
+    for name in (
+        "train_results.json",
+        "eval_results.json",
+        "all_results.json",
+        "trainer_state.json",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+    ):
         assert (mrpc_run / name).is_file(), name
     assert (mrpc_run / "checkpoint-15").is_dir() and (mrpc_run / "checkpoint-30").is_dir()
     results = json.loads((mrpc_run / "all_results.json").read_text())
@@ -64,7 +73,7 @@ import csv, sys, torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 model = AutoModelForSequenceClassification.from_pretrained({str(mrpc_run)!r}).eval()
 tokenizer = AutoTokenizer.from_pretrained({str(mrpc_run)!r})
-with open({os.path.join(glue_dir, 'MRPC', 'dev.tsv')!r}, encoding="utf-8-sig") as f:
+with open({os.path.join(glue_dir, "MRPC", "dev.tsv")!r}, encoding="utf-8-sig") as f:
     rows = list(csv.reader(f, delimiter="\\t", quoting=csv.QUOTE_NONE))[1:97]
 batch = tokenizer([r[3] for r in rows], [r[4] for r in rows], truncation=True, max_length=128, padding=True,
                   return_tensors="pt")
@@ -93,8 +102,9 @@ def test_non_empty_output_dir_is_refused_and_untouched(glue_dir, tmp_path):
 def test_unreachable_hub_fails_fast_naming_local_options(tmp_path, offline):
     # This machine has no route to the Hub; with HF_HUB_OFFLINE=0 the probe itself must fail fast.
     start = time.monotonic()
-    result = run_script("--task_name", "mrpc", "--do_train", "--output_dir", str(tmp_path / "out"),
-                        env={"HF_HUB_OFFLINE": offline})
+    result = run_script(
+        "--task_name", "mrpc", "--do_train", "--output_dir", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": offline}
+    )
     if offline == "0" and result.returncode == 0:
         pytest.skip("the Hub is reachable from this machine")
     assert result.returncode == 2 and "--glue_dir" in result.stderr and "--train_file" in result.stderr
@@ -103,16 +113,34 @@ def test_unreachable_hub_fails_fast_naming_local_options(tmp_path, offline):
 
 
 def test_unreachable_model_names_a_local_path(glue_dir, tmp_path):
-    result = run_script("--task_name", "rte", "--glue_dir", glue_dir, "--do_eval", "--output_dir", str(tmp_path),
-                        "--model_name_or_path", "some-org/not-cached-model", env={"HF_HUB_OFFLINE": "1"})
+    result = run_script(
+        "--task_name",
+        "rte",
+        "--glue_dir",
+        glue_dir,
+        "--do_eval",
+        "--output_dir",
+        str(tmp_path),
+        "--model_name_or_path",
+        "some-org/not-cached-model",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 2 and "local model path" in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.e2e
 def test_model_card_records_the_run(mrpc_run):
     card = (mrpc_run / "README.md").read_text()
-    for text in ("- hf-mmr", "- text-classification", "base_model: sentence-transformers/all-MiniLM-L6-v2",
-                 "GLUE MRPC", "model-index", "hf-mmr 0.", "| `mmr_lambda` | 0.1 |", "| `mms_selection` | none |"):
+    for text in (
+        "- hf-mmr",
+        "- text-classification",
+        "base_model: sentence-transformers/all-MiniLM-L6-v2",
+        "GLUE MRPC",
+        "model-index",
+        "hf-mmr 0.",
+        "| `mmr_lambda` | 0.1 |",
+        "| `mms_selection` | none |",
+    ):
         assert text in card, text
 
 
@@ -120,8 +148,12 @@ def test_model_card_records_the_run(mrpc_run):
 def test_tensorboard_receives_the_margin_scalars(mrpc_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = [os.path.join(root, name) for root, _, names in os.walk(mrpc_run) for name in names
-              if name.startswith("events.out.tfevents")]
+    events = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(mrpc_run)
+        for name in names
+        if name.startswith("events.out.tfevents")
+    ]
     assert events, "no TensorBoard event file"
     tags = set()
     for path in events:
@@ -138,8 +170,12 @@ def test_eval_mms_saved_and_report_draws_it(mrpc_run, tmp_path):
 
     scores = np.load(mrpc_run / "eval_mms.npy")
     assert scores.shape == (96,) and np.isfinite(scores).all() and (scores >= 0).all()
-    result = subprocess.run([sys.executable, "-m", "hf_mmr.report", str(mrpc_run), "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_mmr.report", str(mrpc_run), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("mmr_training.png", "mmr_eval_mms.png"):
         png = tmp_path / name
@@ -147,8 +183,9 @@ def test_eval_mms_saved_and_report_draws_it(mrpc_run, tmp_path):
 
 
 def test_report_names_a_missing_run(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "hf_mmr.report", str(tmp_path)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_mmr.report", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2 and "trainer_state.json" in result.stderr and "Traceback" not in result.stderr
 
 

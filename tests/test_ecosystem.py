@@ -5,21 +5,32 @@ import os
 
 import pytest
 import torch
-from torch import nn
-
 import transformers.trainer
-from hf_mmr import MMRTrainer, MMRTrainingArguments, find_classifier_head
-
 from conftest import available_model_types, tiny_model
 from test_trainer import NO_DROPOUT, synthetic_dataset
+from torch import nn
+
+from hf_mmr import MMRTrainer, MMRTrainingArguments, find_classifier_head
 
 
 def run(tmp_path, model, steps=2, dataset=None, **kwargs):
-    settings = {"per_device_train_batch_size": 4, "max_steps": steps, "learning_rate": 1e-3, "logging_steps": 1,
-                "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "mmr_lambda": 0.1}
+    settings = {
+        "per_device_train_batch_size": 4,
+        "max_steps": steps,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "mmr_lambda": 0.1,
+    }
     args = MMRTrainingArguments(output_dir=str(tmp_path), **{**settings, **kwargs})
-    trainer = MMRTrainer(model=model, args=args, train_dataset=dataset or synthetic_dataset(
-        n=16, num_labels=getattr(getattr(model, "config", None), "num_labels", 3)))
+    trainer = MMRTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset
+        or synthetic_dataset(n=16, num_labels=getattr(getattr(model, "config", None), "num_labels", 3)),
+    )
     trainer.train()
     return trainer, [entry for entry in trainer.state.log_history if "loss" in entry]
 
@@ -45,7 +56,7 @@ def test_peft_lora_with_the_classifier_in_modules_to_save(tmp_path):
     assert path.endswith("classifier.modules_to_save.default")
     frozen = model.base_model.model.classifier.original_module.weight.detach().clone()
     trained_before = head.weight.detach().clone()
-    trainer, logs = run(tmp_path, model)
+    _, logs = run(tmp_path, model)
     assert all(entry["mmr/penalty"] > 0 for entry in logs)
     assert not torch.equal(head.weight, trained_before)  # the trained copy learns ...
     assert torch.equal(model.base_model.model.classifier.original_module.weight, frozen)  # ... the original does not
@@ -89,13 +100,21 @@ def test_push_to_hub_uploads_the_model_and_card(tmp_path, monkeypatch):
             return type("RepoUrl", (), {"repo_id": repo_id})()
 
         def upload_folder(self, repo_id, folder_path, **kwargs):
-            uploads.append((repo_id, folder_path, sorted(os.listdir(folder_path)),
-                            open(os.path.join(folder_path, "README.md")).read(), kwargs.get("ignore_patterns")))
+            uploads.append(
+                (
+                    repo_id,
+                    folder_path,
+                    sorted(os.listdir(folder_path)),
+                    open(os.path.join(folder_path, "README.md")).read(),
+                    kwargs.get("ignore_patterns"),
+                )
+            )
             return "https://huggingface.co/" + repo_id
 
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeHub())
-    trainer, _ = run(tmp_path, tiny_model("bert", num_labels=3), hub_model_id="someone/tiny-mmr",
-                     mms_selection="cached")
+    trainer, _ = run(
+        tmp_path, tiny_model("bert", num_labels=3), hub_model_id="someone/tiny-mmr", mms_selection="cached"
+    )
     trainer.push_to_hub(finetuned_from="tiny-bert", tasks="text-classification", dataset="synthetic")
     ((repo_id, folder, files, card, ignored),) = uploads
     assert repo_id == "someone/tiny-mmr" and folder == str(tmp_path)
@@ -108,11 +127,18 @@ def test_push_to_hub_uploads_the_model_and_card(tmp_path, monkeypatch):
 def test_sharded_classifier_weight_stops_with_a_clear_error(tmp_path):
     """What ZeRO-3 leaves in a module outside its forward: an empty partition of the weight."""
     model = tiny_model("bert", num_labels=3)
-    args = MMRTrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4,
-                                report_to="none", save_strategy="no", mmr_lambda=0.1)
+    args = MMRTrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        mmr_lambda=0.1,
+    )
     trainer = MMRTrainer(model=model, args=args, train_dataset=synthetic_dataset(n=8))
     # Like ZeRO-3, release the full weight once the head's forward is done.
-    model.classifier.register_forward_hook(lambda module, inputs, output: setattr(
-        module, "weight", nn.Parameter(torch.empty(0))))
+    model.classifier.register_forward_hook(
+        lambda module, inputs, output: setattr(module, "weight", nn.Parameter(torch.empty(0)))
+    )
     with pytest.raises(Exception, match="sharded .*ZeRO stage 2"):
         trainer.train()

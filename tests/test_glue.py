@@ -23,21 +23,62 @@ HUB_LABELS = {
 
 # (task, file, rows, label counts, first row's Hub text columns, first label) as on the Hub.
 REAL_FILES = [
-    ("mrpc", "MRPC/train.tsv", 3668, {1: 2474, 0: 1194},
-     {"sentence1": "Amrozi accused his brother, whom he called \"the witness\", of deliberately distorting his evidence."}, 1),
+    (
+        "mrpc",
+        "MRPC/train.tsv",
+        3668,
+        {1: 2474, 0: 1194},
+        {
+            "sentence1": 'Amrozi accused his brother, whom he called "the witness", of deliberately distorting his evidence.'
+        },
+        1,
+    ),
     ("mrpc", "MRPC/dev.tsv", 408, {1: 279, 0: 129}, {}, None),
-    ("rte", "RTE/train.tsv", 2490, {0: 1249, 1: 1241},
-     {"sentence1": "No Weapons of Mass Destruction Found in Iraq Yet.",
-      "sentence2": "Weapons of Mass Destruction Found in Iraq."}, 1),
+    (
+        "rte",
+        "RTE/train.tsv",
+        2490,
+        {0: 1249, 1: 1241},
+        {
+            "sentence1": "No Weapons of Mass Destruction Found in Iraq Yet.",
+            "sentence2": "Weapons of Mass Destruction Found in Iraq.",
+        },
+        1,
+    ),
     ("rte", "RTE/dev.tsv", 277, {0: 146, 1: 131}, {}, None),
-    ("sst2", "SST-2/train.tsv", 67349, {1: 37569, 0: 29780}, {"sentence": "hide new secretions from the parental units "}, 0),
+    (
+        "sst2",
+        "SST-2/train.tsv",
+        67349,
+        {1: 37569, 0: 29780},
+        {"sentence": "hide new secretions from the parental units "},
+        0,
+    ),
     ("sst2", "SST-2/dev.tsv", 872, {1: 444, 0: 428}, {}, None),
-    ("qnli", "QNLI/dev.tsv", 5463, {0: 2702, 1: 2761},
-     {"question": "What came into force after the new constitution was herald?"}, 0),
-    ("mnli", "MNLI/dev_matched.sample.tsv", 5, {2: 3, 1: 1, 0: 1},
-     {"premise": "The new rights are nice enough", "hypothesis": "Everyone really likes the newest benefits "}, 1),
-    ("qqp", "QQP/dev.sample.tsv", 9, {0: 5, 1: 4},
-     {"question1": "Why are African-Americans so beautiful?", "question2": "Why are hispanics so beautiful?"}, 0),
+    (
+        "qnli",
+        "QNLI/dev.tsv",
+        5463,
+        {0: 2702, 1: 2761},
+        {"question": "What came into force after the new constitution was herald?"},
+        0,
+    ),
+    (
+        "mnli",
+        "MNLI/dev_matched.sample.tsv",
+        5,
+        {2: 3, 1: 1, 0: 1},
+        {"premise": "The new rights are nice enough", "hypothesis": "Everyone really likes the newest benefits "},
+        1,
+    ),
+    (
+        "qqp",
+        "QQP/dev.sample.tsv",
+        9,
+        {0: 5, 1: 4},
+        {"question1": "Why are African-Americans so beautiful?", "question2": "Why are hispanics so beautiful?"},
+        0,
+    ),
 ]
 
 
@@ -110,7 +151,9 @@ def test_test_split_has_no_labels(tmp_path):
 
 
 def test_cola_train_is_headerless(tmp_path):
-    path = write(tmp_path, "train.tsv", "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\ngj04\t0\t*\tThe more.\n")
+    path = write(
+        tmp_path, "train.tsv", "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\ngj04\t0\t*\tThe more.\n"
+    )
     data = read_tsv(path, TASKS["cola"])
     assert data["label"] == [1, 0] and data["sentence"][1] == "The more."
 

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import HEAD_PATHS, available_model_types, tiny_model
 from torch import nn
 
 from hf_mmr import FeatureCapture, HeadNotFoundError, find_classifier_head
-
-from conftest import HEAD_PATHS, available_model_types, tiny_model
 
 
 @pytest.mark.parametrize("model_type", available_model_types())

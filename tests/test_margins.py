@@ -21,7 +21,9 @@ def brute_force_mms(z, W):
     scores = []
     for i in range(z.shape[0]):
         p = int(torch.argmax(z[i]))
-        scores.append(min(float((z[i, p] - z[i, j]) / torch.linalg.norm(W[p] - W[j])) for j in range(W.shape[0]) if j != p))
+        scores.append(
+            min(float((z[i, p] - z[i, j]) / torch.linalg.norm(W[p] - W[j])) for j in range(W.shape[0]) if j != p)
+        )
     return torch.tensor(scores, dtype=torch.float64)
 
 

@@ -28,8 +28,9 @@ def heads(draw):
 def test_mms_is_invariant_to_a_constant_added_to_all_logits(head, shift):
     h, W, b, _, _, _ = head
     z = h @ W.T + b
-    torch.testing.assert_close(minimal_margin_scores(z + shift, W), minimal_margin_scores(z, W),
-                               rtol=1e-9, atol=1e-9 * (1 + abs(shift)))
+    torch.testing.assert_close(
+        minimal_margin_scores(z + shift, W), minimal_margin_scores(z, W), rtol=1e-9, atol=1e-9 * (1 + abs(shift))
+    )
 
 
 @settings(max_examples=60, deadline=None)

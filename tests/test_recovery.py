@@ -10,19 +10,26 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_model
+from test_trainer import synthetic_dataset
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.recovery import COMPLETE_MARKER, NonFiniteLossError, last_complete_checkpoint
-
-from conftest import tiny_model
-from test_trainer import synthetic_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def two_steps(tmp_path, model, dataset=None, **kwargs):
-    settings = {"per_device_train_batch_size": 8, "max_steps": 2, "learning_rate": 1e-3, "logging_steps": 1,
-                "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "mmr_lambda": 0.5}
+    settings = {
+        "per_device_train_batch_size": 8,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "mmr_lambda": 0.5,
+    }
     args = MMRTrainingArguments(output_dir=str(tmp_path), **{**settings, **kwargs})
     trainer = MMRTrainer(model=model, args=args, train_dataset=dataset or synthetic_dataset(n=16))
     trainer.train()
@@ -31,8 +38,9 @@ def two_steps(tmp_path, model, dataset=None, **kwargs):
 
 def assert_finite(trainer):
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert logs and all(math.isfinite(entry[key]) for entry in logs
-                        for key in ("loss", "mmr/penalty", "mmr/radius", "mms/mean"))
+    assert logs and all(
+        math.isfinite(entry[key]) for entry in logs for key in ("loss", "mmr/penalty", "mmr/radius", "mms/mean")
+    )
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
@@ -72,8 +80,7 @@ def test_large_features_under_bf16(tmp_path):
 
 
 def test_lambda_warmup_from_zero(tmp_path):
-    trainer = two_steps(tmp_path, tiny_model("bert", num_labels=3), mmr_lambda_start=0.0,
-                        mmr_lambda_warmup_ratio=1.0)
+    trainer = two_steps(tmp_path, tiny_model("bert", num_labels=3), mmr_lambda_start=0.0, mmr_lambda_warmup_ratio=1.0)
     assert_finite(trainer)
     assert [e["mmr/lambda"] for e in trainer.state.log_history if "loss" in e] == [0.0, 0.25]
 
@@ -101,8 +108,9 @@ def test_resume_skips_half_written_checkpoints(tmp_path):
 
 
 def test_checkpoints_are_marked_complete(tmp_path):
-    trainer = two_steps(tmp_path, tiny_model("bert", num_labels=3), save_strategy="steps", save_steps=1,
-                        mms_selection="cached")
+    trainer = two_steps(
+        tmp_path, tiny_model("bert", num_labels=3), save_strategy="steps", save_steps=1, mms_selection="cached"
+    )
     for step in (1, 2):
         folder = tmp_path / f"checkpoint-{step}"
         assert (folder / COMPLETE_MARKER).is_file() and (folder / "mms_state.pt").is_file()
@@ -112,10 +120,35 @@ def test_checkpoints_are_marked_complete(tmp_path):
 @pytest.mark.e2e
 def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(glue_dir, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, os.path.join(ROOT, "run_glue_mmr.py"), "--task_name", "rte", "--glue_dir", glue_dir,
-               "--do_train", "--max_steps", "12", "--per_device_train_batch_size", "4", "--pad_to_max_length",
-               "false", "--max_seq_length", "64", "--mmr_lambda", "0.1", "--mms_selection", "cached",
-               "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true", "--output_dir", str(out)]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "run_glue_mmr.py"),
+        "--task_name",
+        "rte",
+        "--glue_dir",
+        glue_dir,
+        "--do_train",
+        "--max_steps",
+        "12",
+        "--per_device_train_batch_size",
+        "4",
+        "--pad_to_max_length",
+        "false",
+        "--max_seq_length",
+        "64",
+        "--mmr_lambda",
+        "0.1",
+        "--mms_selection",
+        "cached",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(out),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 300
@@ -131,8 +164,14 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(glue_dir, tmp_p
     assert checkpoint is not None and "Run the same command again" in rest
     stopped_at = int(checkpoint.rsplit("-", 1)[1])
     assert 2 <= stopped_at < 12
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-                 "mms_state.pt"):
+    for name in (
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        "mms_state.pt",
+    ):
         assert os.path.isfile(os.path.join(checkpoint, name)), name
 
     resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -6,12 +6,11 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_model
+from test_trainer import NO_DROPOUT, synthetic_dataset
 
 from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, minimal_margin_scores
 from hf_mmr.sampling import INDEX_KEY, CachedMarginSampler, MarginCache, keep_rule, pool_size_to_select
-
-from conftest import tiny_model
-from test_trainer import NO_DROPOUT, synthetic_dataset
 
 
 class RecordingTrainer(MMRTrainer):
@@ -32,12 +31,24 @@ class RecordingTrainer(MMRTrainer):
 
 
 def make_trainer(tmp_path, mode, n=48, model=None, dataset=None, **kwargs):
-    settings = {"per_device_train_batch_size": 4, "num_train_epochs": 3, "learning_rate": 1e-3, "logging_steps": 1,
-                "save_strategy": "no", "report_to": "none", "seed": 3, "disable_tqdm": True, "mms_selection": mode,
-                "mms_pool_factor": 4}
+    settings = {
+        "per_device_train_batch_size": 4,
+        "num_train_epochs": 3,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 3,
+        "disable_tqdm": True,
+        "mms_selection": mode,
+        "mms_pool_factor": 4,
+    }
     args = MMRTrainingArguments(output_dir=str(tmp_path), **{**settings, **kwargs})
-    return RecordingTrainer(model=model or tiny_model("bert", num_labels=3, seed=1), args=args,
-                            train_dataset=dataset or synthetic_dataset(n=n, length=10))
+    return RecordingTrainer(
+        model=model or tiny_model("bert", num_labels=3, seed=1),
+        args=args,
+        train_dataset=dataset or synthetic_dataset(n=n, length=10),
+    )
 
 
 def brute_force_scores(model, dataset, indices):
@@ -101,8 +112,13 @@ def test_same_seed_same_batches(tmp_path, mode):
 
 @pytest.mark.parametrize("mode", ["select", "cached", "none"])
 def test_resume_mid_epoch_reproduces_batches_and_weights(tmp_path, mode):
-    common = {"num_train_epochs": 3, "mmr_lambda": 0.1, "save_strategy": "steps", "save_steps": 5,
-              "mms_anneal_epochs": 1}
+    common = {
+        "num_train_epochs": 3,
+        "mmr_lambda": 0.1,
+        "save_strategy": "steps",
+        "save_steps": 5,
+        "mms_anneal_epochs": 1,
+    }
     full = make_trainer(tmp_path / "full", mode, n=32, **common)
     full.train()
     resumed = make_trainer(tmp_path / "full", mode, n=32, model=tiny_model("bert", num_labels=3, seed=9), **common)
@@ -115,8 +131,9 @@ def test_resume_mid_epoch_reproduces_batches_and_weights(tmp_path, mode):
 
 
 def test_cached_epochs_follow_the_keep_rule(tmp_path):
-    trainer = make_trainer(tmp_path, "cached", n=40, num_train_epochs=4, mms_anneal_epochs=1,
-                           mms_keep_quantile=0.25, mms_keep_fraction=0.2)
+    trainer = make_trainer(
+        tmp_path, "cached", n=40, num_train_epochs=4, mms_anneal_epochs=1, mms_keep_quantile=0.25, mms_keep_fraction=0.2
+    )
     trainer.train()
     per_epoch = [sum(trainer.trained[10 * e : 10 * (e + 1)], []) for e in range(4)]
     assert all(len(epoch) == 40 for epoch in per_epoch)  # an epoch still draws N examples
@@ -162,8 +179,15 @@ def test_cached_weights_reach_the_loss_with_accumulation(tmp_path):
     """One optimizer step over the same 8 examples: batch 8 vs 2 x 4 accumulated give the same update."""
     results = []
     for batch, accumulation in ((8, 1), (4, 2)):
-        trainer = make_trainer(tmp_path / str(batch), "cached", n=8, max_steps=1, per_device_train_batch_size=batch,
-                               gradient_accumulation_steps=accumulation, model=tiny_model("bert", 3, 1, **NO_DROPOUT))
+        trainer = make_trainer(
+            tmp_path / str(batch),
+            "cached",
+            n=8,
+            max_steps=1,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            model=tiny_model("bert", 3, 1, **NO_DROPOUT),
+        )
         trainer._margin_cache().weights = torch.linspace(0.5, 2.0, 8)  # as if planned by a selective epoch
         trainer._cached_epoch_selects = lambda epoch: False
         original = trainer._get_train_sampler
@@ -196,9 +220,14 @@ def test_pool_split_rounds_to_equal_shares():
 
 @pytest.mark.parametrize(
     "field,value,message",
-    [("mms_selection", "best", "--mms_selection"), ("mms_pool_factor", 0, "--mms_pool_factor"),
-     ("mms_keep_quantile", 1.0, "--mms_keep_quantile"), ("mms_keep_fraction", 0.0, "--mms_keep_fraction"),
-     ("mms_warmup_steps", -1, "--mms_warmup_steps"), ("mms_anneal_epochs", -2, "--mms_anneal_epochs")],
+    [
+        ("mms_selection", "best", "--mms_selection"),
+        ("mms_pool_factor", 0, "--mms_pool_factor"),
+        ("mms_keep_quantile", 1.0, "--mms_keep_quantile"),
+        ("mms_keep_fraction", 0.0, "--mms_keep_fraction"),
+        ("mms_warmup_steps", -1, "--mms_warmup_steps"),
+        ("mms_anneal_epochs", -2, "--mms_anneal_epochs"),
+    ],
 )
 def test_invalid_selection_arguments(tmp_path, field, value, message):
     with pytest.raises(MMRConfigError, match=message):

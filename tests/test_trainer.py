@@ -4,27 +4,36 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model
 from transformers import Trainer, TrainingArguments
 
 from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, minimal_margin_scores, mmr_penalty
-
-from conftest import tiny_model
 
 
 def synthetic_dataset(n=32, num_labels=3, length=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 100, (n, length), generator=g)
     labels = torch.randint(0, num_labels, (n,), generator=g)
-    return [{"input_ids": ids[i], "attention_mask": torch.ones(length, dtype=torch.long), "labels": labels[i]}
-            for i in range(n)]
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(length, dtype=torch.long), "labels": labels[i]}
+        for i in range(n)
+    ]
 
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
 
 def train(trainer_cls, args_cls, tmp_path, model_type="bert", num_labels=3, model_overrides=None, **kwargs):
-    settings = {"per_device_train_batch_size": 8, "max_steps": 4, "learning_rate": 1e-3, "logging_steps": 1,
-                "save_strategy": "no", "report_to": "none", "seed": 7, "disable_tqdm": True}
+    settings = {
+        "per_device_train_batch_size": 8,
+        "max_steps": 4,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 7,
+        "disable_tqdm": True,
+    }
     args = args_cls(output_dir=str(tmp_path), **{**settings, **kwargs})
     model = tiny_model(model_type, num_labels=num_labels, seed=1, **(model_overrides or {}))
     trainer = trainer_cls(model=model, args=args, train_dataset=synthetic_dataset(num_labels=num_labels))
@@ -56,8 +65,9 @@ def test_loss_is_classification_loss_plus_lambda_times_penalty(tmp_path):
 
 
 def test_logged_penalty_and_mms_match_the_formulas_on_the_batch(tmp_path):
-    trainer = train(MMRTrainer, MMRTrainingArguments, tmp_path, max_steps=1, mmr_lambda=0.5, mmr_top_k=2,
-                    model_overrides=NO_DROPOUT)
+    trainer = train(
+        MMRTrainer, MMRTrainingArguments, tmp_path, max_steps=1, mmr_lambda=0.5, mmr_top_k=2, model_overrides=NO_DROPOUT
+    )
     # Recompute on the same first batch with the initial weights (no update yet, no dropout).
     torch.manual_seed(trainer.args.seed)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -75,8 +85,9 @@ def test_logged_penalty_and_mms_match_the_formulas_on_the_batch(tmp_path):
 
 
 def test_lambda_schedule_by_global_step(tmp_path):
-    args = MMRTrainingArguments(output_dir=str(tmp_path), mmr_lambda=0.1, mmr_lambda_start=1e-4,
-                                mmr_lambda_warmup_ratio=0.5)
+    args = MMRTrainingArguments(
+        output_dir=str(tmp_path), mmr_lambda=0.1, mmr_lambda_start=1e-4, mmr_lambda_warmup_ratio=0.5
+    )
     assert args.mmr_lambda_at(0, 100) == pytest.approx(1e-4)
     assert args.mmr_lambda_at(25, 100) == pytest.approx(1e-4 + (0.1 - 1e-4) * 0.5)
     assert args.mmr_lambda_at(50, 100) == pytest.approx(0.1)
@@ -84,17 +95,39 @@ def test_lambda_schedule_by_global_step(tmp_path):
     constant = MMRTrainingArguments(output_dir=str(tmp_path), mmr_lambda=0.3)
     assert constant.mmr_lambda_start == 0.3 and constant.mmr_lambda_at(0, 10) == 0.3
 
-    trainer = train(MMRTrainer, MMRTrainingArguments, tmp_path / "run", max_steps=4, mmr_lambda=0.2,
-                    mmr_lambda_start=0.0, mmr_lambda_warmup_ratio=0.5)
+    trainer = train(
+        MMRTrainer,
+        MMRTrainingArguments,
+        tmp_path / "run",
+        max_steps=4,
+        mmr_lambda=0.2,
+        mmr_lambda_start=0.0,
+        mmr_lambda_warmup_ratio=0.5,
+    )
     # Step s (logged after it) used lambda at global_step s - 1: 0, 0.1, then 0.2.
     assert [e["mmr/lambda"] for e in step_logs(trainer)] == pytest.approx([0.0, 0.1, 0.2, 0.2])
 
 
 def test_diagnostics_are_averaged_over_the_logging_window(tmp_path):
-    every = train(MMRTrainer, MMRTrainingArguments, tmp_path / "a", max_steps=4, mmr_lambda=0.2,
-                  mmr_lambda_start=0.0, mmr_lambda_warmup_ratio=0.5)
-    window = train(MMRTrainer, MMRTrainingArguments, tmp_path / "b", max_steps=4, mmr_lambda=0.2,
-                   mmr_lambda_start=0.0, mmr_lambda_warmup_ratio=0.5, logging_steps=2)
+    every = train(
+        MMRTrainer,
+        MMRTrainingArguments,
+        tmp_path / "a",
+        max_steps=4,
+        mmr_lambda=0.2,
+        mmr_lambda_start=0.0,
+        mmr_lambda_warmup_ratio=0.5,
+    )
+    window = train(
+        MMRTrainer,
+        MMRTrainingArguments,
+        tmp_path / "b",
+        max_steps=4,
+        mmr_lambda=0.2,
+        mmr_lambda_start=0.0,
+        mmr_lambda_warmup_ratio=0.5,
+        logging_steps=2,
+    )
     per_step = [e["mmr/radius"] for e in step_logs(every)]
     assert [e["mmr/radius"] for e in step_logs(window)] == pytest.approx(
         [(per_step[0] + per_step[1]) / 2, (per_step[2] + per_step[3]) / 2], rel=1e-5
@@ -104,8 +137,9 @@ def test_diagnostics_are_averaged_over_the_logging_window(tmp_path):
 
 @pytest.mark.parametrize("model_type", ["roberta", "distilbert", "deberta-v2"])
 def test_trains_with_other_heads(tmp_path, model_type):
-    trainer = train(MMRTrainer, MMRTrainingArguments, tmp_path, model_type=model_type, max_steps=2,
-                    mmr_lambda=0.1, num_labels=2)
+    trainer = train(
+        MMRTrainer, MMRTrainingArguments, tmp_path, model_type=model_type, max_steps=2, mmr_lambda=0.1, num_labels=2
+    )
     assert all(e["mmr/penalty"] > 0 and math.isfinite(e["loss"]) for e in step_logs(trainer))
 
 

@@ -5,8 +5,21 @@ import evaluate
 
 from hf_mmr.metrics import glue_scores
 
-_CONFIGS = ("sst2", "mnli", "mnli_mismatched", "mnli_matched", "cola", "stsb", "mrpc", "qqp", "qnli", "rte", "wnli",
-            "hans", "accuracy")
+_CONFIGS = (
+    "sst2",
+    "mnli",
+    "mnli_mismatched",
+    "mnli_matched",
+    "cola",
+    "stsb",
+    "mrpc",
+    "qqp",
+    "qnli",
+    "rte",
+    "wnli",
+    "hans",
+    "accuracy",
+)
 
 
 class GlueMetric(evaluate.Metric):

@@ -13,25 +13,45 @@ from transformers import AutoTokenizer, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from conftest import tiny_model  # noqa: E402
+from conftest import tiny_model
 
-from hf_mmr import MMRTrainer, MMRTrainingArguments  # noqa: E402
-from hf_mmr.glue import load_glue_tsv  # noqa: E402
-from run_glue_mmr import default_model_dir  # noqa: E402
+from hf_mmr import MMRTrainer, MMRTrainingArguments
+from hf_mmr.glue import load_glue_tsv
+from run_glue_mmr import default_model_dir
 
 
 def main(glue_dir: str, out: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     data = load_glue_tsv(glue_dir, "rte", ["train"])["train"].select(range(24))
-    data = data.map(lambda b: tokenizer(b["sentence1"], b["sentence2"], truncation=True, max_length=64),
-                    batched=True, remove_columns=["sentence1", "sentence2", "idx"])
-    model = tiny_model("bert", num_labels=2, seed=3, vocab_size=tokenizer.vocab_size, max_position_embeddings=64,
-                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    data = data.map(
+        lambda b: tokenizer(b["sentence1"], b["sentence2"], truncation=True, max_length=64),
+        batched=True,
+        remove_columns=["sentence1", "sentence2", "idx"],
+    )
+    model = tiny_model(
+        "bert",
+        num_labels=2,
+        seed=3,
+        vocab_size=tokenizer.vocab_size,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     args = MMRTrainingArguments(
-        output_dir=out, per_device_train_batch_size=8 // world, max_steps=3, learning_rate=1e-3, logging_steps=1,
-        save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=0,
-        train_sampling_strategy="sequential", average_tokens_across_devices=False, mmr_lambda=0.5,
+        output_dir=out,
+        per_device_train_batch_size=8 // world,
+        max_steps=3,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        train_sampling_strategy="sequential",
+        average_tokens_across_devices=False,
+        mmr_lambda=0.5,
     )
     trainer = MMRTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
     trainer.train()

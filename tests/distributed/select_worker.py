@@ -10,11 +10,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from conftest import tiny_model  # noqa: E402
-from test_trainer import synthetic_dataset  # noqa: E402
+from conftest import tiny_model
+from test_trainer import synthetic_dataset
 
-from hf_mmr import MMRTrainer, MMRTrainingArguments  # noqa: E402
-from hf_mmr.sampling import INDEX_KEY  # noqa: E402
+from hf_mmr import MMRTrainer, MMRTrainingArguments
+from hf_mmr.sampling import INDEX_KEY
 
 
 class Recorder(MMRTrainer):
@@ -41,11 +41,22 @@ class Recorder(MMRTrainer):
 
 def main(out: str) -> None:
     args = MMRTrainingArguments(
-        output_dir=out, per_device_train_batch_size=4, max_steps=3, mms_selection="select", mms_pool_factor=3,
-        mmr_lambda=0.1, logging_steps=1, save_strategy="no", report_to="none", seed=5, disable_tqdm=True, use_cpu=True,
+        output_dir=out,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        mms_selection="select",
+        mms_pool_factor=3,
+        mmr_lambda=0.1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=5,
+        disable_tqdm=True,
+        use_cpu=True,
     )
-    trainer = Recorder(model=tiny_model("bert", num_labels=3, seed=1), args=args,
-                       train_dataset=synthetic_dataset(n=96, length=10))
+    trainer = Recorder(
+        model=tiny_model("bert", num_labels=3, seed=1), args=args, train_dataset=synthetic_dataset(n=96, length=10)
+    )
     trainer.train()
     trainer.record["log_history"] = trainer.state.log_history
     with open(os.path.join(out, f"rank{args.process_index}.json"), "w") as handle:
