@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
 import datasets
 import numpy as np
@@ -227,11 +228,13 @@ def config_to_flags(values: dict) -> list[str]:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co answers within seconds (and offline mode is off): no minute of retries."""
+    """Whether the Hub (``HF_ENDPOINT``, huggingface.co by default) answers within seconds: no minute of retries."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
         return True
     except OSError:
         return False

@@ -58,5 +58,5 @@ def available_model_types() -> list[str]:
 @pytest.fixture(scope="session")
 def glue_dir() -> str:
     if not os.path.isdir(os.path.join(GLUE_DIR, "MRPC")):
-        pytest.skip(f"real GLUE data not found in {GLUE_DIR}; set GLUE_DIR")
+        pytest.fail(f"real GLUE data not found in {GLUE_DIR}: set GLUE_DIR to the folder holding MRPC/, RTE/, ...")
     return GLUE_DIR

@@ -55,7 +55,6 @@ def test_json_config(tmp_path):
 
 def test_console_script():
     executable = shutil.which("hf-mmr-glue")
-    if executable is None:
-        pytest.skip("the package is not installed (pip install -e .)")
+    assert executable is not None, "hf-mmr-glue is not on PATH: install the package with pip install -e ."
     result = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--mmr_lambda" in result.stdout and "--glue_dir" in result.stdout
