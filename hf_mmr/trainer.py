@@ -89,6 +89,7 @@ class MMRTrainer(Trainer):
         self._cache: MarginCache | None = None
         self._sampler: CachedMarginSampler | None = None
         self._last_step_start: float | None = None
+        self._loss_is_batch_mean: bool | None = None  # see _mean_factor
         selection = self.args.mms_selection
         needs_head = self.args.mmr_enabled or selection != "none"
         model = self.accelerator.unwrap_model(self.model)
@@ -201,11 +202,15 @@ class MMRTrainer(Trainer):
         a label smoother or ``compute_loss_func``) the mean is normalized the same way.
         """
         raw = outputs.get("loss") if isinstance(outputs, Mapping) else None
-        if raw is not None and labels.dim() == 1 and not labels.is_floating_point():
+        if raw is None or labels.dim() != 1 or labels.is_floating_point():
+            return labels.shape[0] * self._sum_scale(labels.shape[0], num_items_in_batch)
+        if self._loss_is_batch_mean is None:  # the model's loss convention does not change: check it once
             with torch.no_grad():
                 batch_mean = F.cross_entropy(logits.detach().float(), labels)
-                if raw.detach().float() > 0 and torch.isclose(raw.detach().float(), batch_mean, rtol=1e-3):
-                    return loss.detach() / raw.detach()
+                self._loss_is_batch_mean = bool(torch.isclose(raw.detach().float(), batch_mean, rtol=1e-3))
+        if self._loss_is_batch_mean:  # the Trainer's own factor, without a host sync
+            raw, loss = raw.detach(), loss.detach()
+            return torch.where(raw != 0, loss / raw, torch.ones_like(loss))
         return labels.shape[0] * self._sum_scale(labels.shape[0], num_items_in_batch)
 
     def _weighted_loss(
@@ -306,9 +311,6 @@ class MMRTrainer(Trainer):
             mms = self.accelerator.gather(self.accelerator.pad_across_processes(mms, pad_index=0))
             mms, indices = mms[indices >= 0], indices[indices >= 0]
         self._cache.update(indices, mms)
-        if self._sampler is not None:
-            self._record("mms/kept_fraction", self._sampler.kept_fraction)
-            self._record("mms/skipped_per_pass", self._sampler.skipped)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
         """Select mode: count the labels of the examples that will be trained on, not of the whole pools."""
@@ -419,6 +421,9 @@ class MMRTrainer(Trainer):
             if self.args.world_size > 1:
                 means = self.accelerator.reduce(means.to(self.args.device), reduction="mean").cpu()
             logs.update({name: round(float(value), 6) for name, value in zip(names, means.tolist())})
+            if self._sampler is not None:  # fixed for the whole epoch: read, not averaged
+                logs["mms/kept_fraction"] = round(self._sampler.kept_fraction, 6)
+                logs["mms/skipped_per_pass"] = self._sampler.skipped
             if "time/scoring" in timing and "time/step" in timing:
                 logs["mms/scoring_time_share"] = round(timing["time/scoring"][0] / timing["time/step"][0], 4)
             self._window = {}
