@@ -19,6 +19,7 @@ The last line printed is one JSON object with the median ratios.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -65,18 +66,18 @@ def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str) -> dict:
             self.times.append(time.perf_counter())
 
     clock = Clock()
-    common = dict(
-        output_dir=os.path.join("/tmp", f"hf_mmr_overhead_{arm}_{os.getpid()}"),
-        max_steps=steps,
-        per_device_train_batch_size=batch,
-        learning_rate=5e-5,
-        seed=42,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=steps,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-    )
+    common = {
+        "output_dir": os.path.join("/tmp", f"hf_mmr_overhead_{arm}_{os.getpid()}"),
+        "max_steps": steps,
+        "per_device_train_batch_size": batch,
+        "learning_rate": 5e-5,
+        "seed": 42,
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": steps,
+        "disable_tqdm": True,
+        "dataloader_pin_memory": False,
+    }
     if arm == "plain":
         trainer_cls, args = Trainer, TrainingArguments(**common)
     else:
@@ -93,7 +94,7 @@ def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str) -> dict:
     trainer.add_callback(clock)
     trainer.train()
     timed = clock.times[warmup - 1 :]
-    step_seconds = [later - earlier for earlier, later in zip(timed, timed[1:])]
+    step_seconds = [later - earlier for earlier, later in itertools.pairwise(timed)]
     return {
         "arm": arm,
         # The median step: robust to the bursts of a shared machine, which the mean is not.
@@ -120,7 +121,7 @@ def run_arm(arm: str, options: argparse.Namespace) -> dict:
         options.glue_dir,
     ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"arm {arm} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

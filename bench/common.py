@@ -1,0 +1,229 @@
+"""What the accuracy benchmarks share: real GLUE splits, one fine-tuning run with a dev curve, and statistics.
+
+``fine_tune`` trains the packaged MiniLM with ``MMRTrainer`` on a GLUE task read from the
+original TSV files, evaluates at regular intervals and returns one JSON-ready record: the
+dev metric against optimizer steps, examples trained on and training seconds (evaluation
+time excluded, MMS scoring included), the training logs (loss, MMR penalty, radius, lambda)
+and the final dev-set minimal margin scores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DEFAULT_GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(ROOT, "..", "shared", "data", "glue"))
+# The metric every benchmark compares on (MRPC's F1 is recorded beside it).
+METRIC = "eval_accuracy"
+
+# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
+_T95 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def glue_splits(
+    glue_dir: str, task_name: str, train_size: int | None = None, heldout_fraction: float = 0.0
+) -> tuple[Any, Any]:
+    """(train, evaluation) of a GLUE task: an optional fixed random train subset; the dev set, or a held-out slice.
+
+    The subset and the held-out slice are drawn with seed 0, whatever the training seed, so every
+    arm and seed sees the same examples. With ``heldout_fraction`` > 0 the evaluation set is that
+    slice of (the subset of) train, and dev is not touched: that is where hyperparameters are chosen.
+    """
+    from hf_mmr.glue import get_task, load_glue_tsv
+
+    if not os.path.isdir(os.path.join(glue_dir, get_task(task_name).folder)):
+        raise SystemExit(f"--glue_dir {glue_dir!r} has no {get_task(task_name).folder}/ folder")
+    dev_split = get_task(task_name).eval_splits[0]
+    raw = load_glue_tsv(glue_dir, task_name, ["train", dev_split])
+    train = raw["train"].shuffle(seed=0)
+    if train_size is not None:
+        train = train.select(range(min(train_size, len(train))))
+    if heldout_fraction <= 0:
+        return train, raw[dev_split]
+    cut = len(train) - round(heldout_fraction * len(train))
+    return train.select(range(cut)), train.select(range(cut, len(train)))
+
+
+def _tokenized(dataset: Any, task_name: str, tokenizer: Any, max_length: int) -> Any:
+    from hf_mmr.glue import get_task
+
+    columns = get_task(task_name).text_columns
+
+    def encode(batch: dict) -> dict:
+        return tokenizer(*[batch[column] for column in columns], truncation=True, max_length=max_length)
+
+    return dataset.map(encode, batched=True, remove_columns=list(columns))
+
+
+def fine_tune(
+    task_name: str,
+    train: Any,
+    evaluation: Any,
+    *,
+    seed: int,
+    eval_steps: int,
+    batch_size: int = 32,
+    learning_rate: float = 5e-5,
+    num_train_epochs: float = 3.0,
+    max_steps: int = -1,
+    logging_steps: int = 10,
+    max_seq_length: int = 128,
+    **arguments: Any,
+) -> dict:
+    """Fine-tune the packaged MiniLM once; ``arguments`` are further ``MMRTrainingArguments`` fields."""
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        TrainerCallback,
+        set_seed,
+    )
+
+    from hf_mmr import MMRTrainer, MMRTrainingArguments
+    from hf_mmr.glue import get_task
+    from hf_mmr.head import find_classifier_head
+    from hf_mmr.margins import minimal_margin_scores
+    from hf_mmr.metrics import glue_compute_metrics
+    from run_glue_mmr import default_model_dir
+
+    model_dir = default_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    train = _tokenized(train, task_name, tokenizer, max_seq_length)
+    evaluation = _tokenized(evaluation, task_name, tokenizer, max_seq_length)
+    set_seed(seed)  # the new classifier's initialization depends on it
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(get_task(task_name).label_names)
+    )
+    args = MMRTrainingArguments(
+        output_dir=os.path.join("/tmp", f"hf_mmr_bench_{os.getpid()}"),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=learning_rate,
+        num_train_epochs=num_train_epochs,
+        max_steps=max_steps,
+        seed=seed,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        **arguments,
+    )
+    metric = glue_compute_metrics(task_name, False)
+    last_logits: dict[str, np.ndarray] = {}
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        last_logits["dev"] = prediction.predictions
+        return metric(prediction)
+
+    class Curve(TrainerCallback):
+        """Dev metric against steps, examples and training seconds (evaluation time taken out)."""
+
+        def __init__(self) -> None:
+            self.points: list[dict] = []
+            self.start = 0.0
+            self.eval_seconds = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def train_seconds(self) -> float:
+            return time.perf_counter() - self.start - self.eval_seconds
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.eval_seconds += metrics["eval_runtime"]
+            self.points.append(
+                {
+                    "step": state.global_step,
+                    "examples": state.global_step * batch_size,
+                    "train_seconds": round(self.train_seconds(), 2),
+                    **{
+                        k: round(v, 5)
+                        for k, v in metrics.items()
+                        if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
+                    },
+                }
+            )
+
+    curve = Curve()
+    trainer = MMRTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+    )
+    trainer.add_callback(curve)
+    trainer.train()
+    if not curve.points or curve.points[-1]["step"] != trainer.state.global_step:
+        trainer.evaluate()  # the final model, when the last step was not an evaluation step
+    _, head = find_classifier_head(model, args.mmr_head)
+    dev_mms = minimal_margin_scores(torch.as_tensor(last_logits["dev"]), head.weight.detach().float())
+    return {
+        "final": curve.points[-1],
+        "curve": curve.points,
+        "train_seconds": curve.points[-1]["train_seconds"],
+        "steps": trainer.state.global_step,
+        "train_examples": len(train),
+        "eval_examples": len(evaluation),
+        "log_history": [entry for entry in trainer.state.log_history if "loss" in entry],
+        "dev_mms": [round(float(x), 5) for x in dev_mms],
+    }
+
+
+def run_once(path: str, make_record: Callable[[], dict]) -> dict:
+    """The record stored at ``path``, or a fresh one made, timed and stored (atomically: complete or absent)."""
+    if os.path.isfile(path):
+        with open(path) as handle:
+            return json.load(handle)
+    started = time.time()
+    record = make_record()
+    record["wall_seconds"] = round(time.time() - started, 1)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".part", "w") as handle:
+        json.dump(record, handle)
+    os.replace(path + ".part", path)
+    print(f"{path}: {METRIC} {record['final'][METRIC]:.4f} ({record['wall_seconds']} s)", flush=True)
+    return record
+
+
+def load_records(directory: str) -> list[dict]:
+    """Every record stored under ``directory``."""
+    records = []
+    for root, _, names in os.walk(directory):
+        for name in sorted(names):
+            if name.endswith(".json"):
+                with open(os.path.join(root, name)) as handle:
+                    records.append(json.load(handle))
+    return records
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def paired_difference(treated: list[float], control: list[float]) -> dict:
+    """Mean paired difference (treated - control, seed by seed) with its two-sided 95 % t interval."""
+    differences = [t - c for t, c in zip(treated, control)]
+    mean, std = mean_std(differences)
+    n = len(differences)
+    if n < 2:
+        return {"mean": mean, "ci95": [math.nan, math.nan], "n": n}
+    half = (_T95[n - 2] if n - 1 <= len(_T95) else 1.96) * std / math.sqrt(n)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
