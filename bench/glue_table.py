@@ -14,8 +14,10 @@ For each task:
 Every finished (task, arm, seed) cell writes its own JSON under ``OUT/cells/`` and is skipped on
 a rerun, so the table can be built over several sittings. ``OUT/table.json`` and ``OUT/table.md``
 hold mean ± std per task and arm and the paired difference (MMR - baseline, seed by seed) with its
-95 % t interval; ``OUT/<task>_margins.png`` and ``OUT/<task>_training.png`` show the dev-set MMS
-and the training diagnostics (loss, penalty, radius, lambda) of both arms for the first seed.
+95 % t interval, and the margin diagnostics (final radius R, median dev MMS, and median dev MMS / R).
+``OUT/<task>_training.png`` shows the training diagnostics (loss, penalty, radius, lambda) of both arms
+for the first seed; ``OUT/<task>_margins.png`` and ``OUT/<task>_margins_relative.png`` the distribution
+of their dev-set MMS, absolute and divided by R.
 
     python bench/glue_table.py --out docs/glue_table
     python bench/glue_table.py --out docs/glue_table --tasks mrpc --seeds 42 43 44 45 46
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 
 from common import DEFAULT_GLUE_DIR, METRIC, fine_tune, glue_splits, load_records, mean_std, paired_difference, run_once
 
@@ -88,6 +91,7 @@ def choose(options: argparse.Namespace, task: str) -> tuple[str, dict]:
 
 
 def plot(task: str, baseline: dict, mmr: dict, label: str, out: str) -> None:
+    """Training diagnostics, and the dev-set MMS: absolute, and relative to the final training radius R."""
     import numpy as np
 
     from hf_mmr.report import plot_eval_mms, plot_training
@@ -95,6 +99,13 @@ def plot(task: str, baseline: dict, mmr: dict, label: str, out: str) -> None:
     runs = {"baseline": baseline, f"MMR {label}": mmr}
     plot_training({name: {"log_history": r["log_history"]} for name, r in runs.items()}, f"{out}/{task}_training.png")
     plot_eval_mms({name: np.asarray(r["dev_mms"]) for name, r in runs.items()}, f"{out}/{task}_margins.png")
+    # The bound MMR targets is scale-free: margins count relative to the radius of the features.
+    relative = {name: np.asarray(r["dev_mms"]) / final_radius(r) for name, r in runs.items()}
+    plot_eval_mms(relative, f"{out}/{task}_margins_relative.png", "MMS / R (R: radius of the last training batches)")
+
+
+def final_radius(record: dict) -> float:
+    return record["log_history"][-1]["mmr/radius"]
 
 
 def main() -> None:
@@ -129,6 +140,7 @@ def main() -> None:
     }
     lines = ["| task | baseline | MMR (chosen on held-out train) | MMR - baseline, 95 % CI | grid (held-out acc.) |"]
     lines.append("|---|---|---|---|---|")
+    diagnostics = ["| task | arm | final R | median dev MMS | median dev MMS / R |", "|---|---|---|---|---|"]
     for task in options.tasks:
         chosen, grid = choose(options, task)
         arms = {"baseline": {"mmr_lambda": 0.0}, "mmr": candidate_arguments(chosen)}
@@ -142,8 +154,12 @@ def main() -> None:
         summary = {arm: dict(zip(("mean", "std"), mean_std(values)), values=values) for arm, values in scores.items()}
         difference = paired_difference(scores["mmr"], scores["baseline"])
         table["tasks"][task] = {"grid": grid, "chosen": chosen, "arms": summary, "difference": difference}
-        table["tasks"][task]["final_radius"] = {
-            arm: [c["log_history"][-1].get("mmr/radius") for c in runs] for arm, runs in cells.items()
+        table["tasks"][task]["final_radius"] = {arm: [final_radius(c) for c in runs] for arm, runs in cells.items()}
+        table["tasks"][task]["dev_mms_median"] = {
+            arm: [statistics.median(c["dev_mms"]) for c in runs] for arm, runs in cells.items()
+        }
+        table["tasks"][task]["dev_relative_mms_median"] = {
+            arm: [statistics.median(c["dev_mms"]) / final_radius(c) for c in runs] for arm, runs in cells.items()
         }
         plot(task, cells["baseline"][0], cells["mmr"][0], chosen, options.out)
         base, mmr = summary["baseline"], summary["mmr"]
@@ -154,11 +170,21 @@ def main() -> None:
             + ", ".join(f"{c}: {v:.4f}" for c, v in grid.items())
             + " |"
         )
+        for arm in arms:
+            values = [
+                table["tasks"][task][key][arm] for key in ("final_radius", "dev_mms_median", "dev_relative_mms_median")
+            ]
+            diagnostics.append(f"| {task} | {arm} | " + " | ".join(f"{statistics.fmean(v):.3f}" for v in values) + " |")
     all_cells = load_records(os.path.join(options.out, "cells"))
     table["total_wall_seconds"] = round(sum(cell["wall_seconds"] for cell in all_cells), 1)
     with open(os.path.join(options.out, "table.json"), "w") as handle:
         json.dump(table, handle, indent=2)
-    text = "\n".join(lines) + f"\n\nTotal compute over {len(all_cells)} runs: {table['total_wall_seconds']:.0f} s\n"
+    text = (
+        "\n".join(lines)
+        + "\n\n"
+        + "\n".join(diagnostics)
+        + f"\n\nTotal compute over {len(all_cells)} runs: {table['total_wall_seconds']:.0f} s\n"
+    )
     with open(os.path.join(options.out, "table.md"), "w") as handle:
         handle.write(text)
     print(text)

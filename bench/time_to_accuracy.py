@@ -42,7 +42,7 @@ ARMS = {
 }
 # Training set (None: all of train), epochs of the uniform run, dev evaluations per run.
 RECIPES = {
-    "sst2": {"train_size": 3000, "epochs": 2},
+    "sst2": {"train_size": 2000, "epochs": 2},
     "mrpc": {"train_size": None, "epochs": 2},
 }
 
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
-    parser.add_argument("--evaluations", type=int, default=10, help="dev evaluations over the uniform run")
+    parser.add_argument("--evaluations", type=int, default=8, help="dev evaluations over the uniform run")
     parser.add_argument(
         "--select_steps",
         type=float,

@@ -69,7 +69,9 @@ def plot_training(runs: dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
-def plot_eval_mms(scores: dict[str, np.ndarray], path: str) -> None:
+def plot_eval_mms(
+    scores: dict[str, np.ndarray], path: str, quantity: str = "MMS (distance to the nearest decision boundary)"
+) -> None:
     import matplotlib.pyplot as plt
 
     fig, (hist, cdf) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
@@ -80,9 +82,9 @@ def plot_eval_mms(scores: dict[str, np.ndarray], path: str) -> None:
         ordered = np.sort(values)
         cdf.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=label)
     hist.set_title("evaluation-set minimal margin score")
-    hist.set_xlabel("MMS (distance to the nearest decision boundary)")
+    hist.set_xlabel(quantity)
     cdf.set_title("CDF")
-    cdf.set_xlabel("MMS")
+    cdf.set_xlabel(quantity)
     cdf.set_xlim(0, upper)
     hist.legend(fontsize=8)
     cdf.legend(fontsize=8)
