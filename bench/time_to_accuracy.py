@@ -80,6 +80,10 @@ def ratio(value: float | None, reference: float | None) -> float | None:
     return None if value is None or not reference else round(value / reference, 3)
 
 
+def seconds_per_step(record: dict) -> float:
+    return record["train_seconds"] / record["steps"]
+
+
 def summarize(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
     """Per arm and seed: the point where uniform's final accuracy is first reached, and the ratios to uniform."""
     result: dict = {}
@@ -99,7 +103,7 @@ def summarize(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
                     "train_seconds": point and point["train_seconds"],
                     "steps_ratio": ratio(point and point["step"], reference["step"]),
                     "seconds_ratio": ratio(point and point["train_seconds"], reference["train_seconds"]),
-                    "seconds_per_step": by_seed[seed]["train_seconds"] / by_seed[seed]["steps"],
+                    "seconds_per_step": seconds_per_step(by_seed[seed]),
                 }
             )
         reached = [row for row in rows if row["reached"]]
@@ -110,10 +114,7 @@ def summarize(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
             "median_steps_ratio": statistics.median(r["steps_ratio"] for r in reached) if reached else None,
             "median_seconds_ratio": statistics.median(r["seconds_ratio"] for r in reached) if reached else None,
             "seconds_per_step_ratio": statistics.median(
-                row["seconds_per_step"]
-                / runs["uniform"][row["seed"]]["train_seconds"]
-                * runs["uniform"][row["seed"]]["steps"]
-                for row in rows
+                row["seconds_per_step"] / seconds_per_step(runs["uniform"][row["seed"]]) for row in rows
             ),
         }
     return result
