@@ -186,13 +186,24 @@ def fine_tune(
     }
 
 
-def run_once(path: str, make_record: Callable[[], dict]) -> dict:
-    """The record stored at ``path``, or a fresh one made, timed and stored (atomically: complete or absent)."""
+def run_once(path: str, settings: dict, make_record: Callable[[], dict]) -> dict:
+    """The record stored at ``path``, or a fresh one made, timed and stored (atomically: complete or absent).
+
+    ``settings`` (JSON values) is everything that decides the run. A stored record is reused only if it
+    was made with the same settings, so a rerun with other options never mixes old runs into new results.
+    """
     if os.path.isfile(path):
         with open(path) as handle:
-            return json.load(handle)
+            record = json.load(handle)
+        stored = record.get("settings", {})
+        differing = sorted(key for key in stored.keys() | settings.keys() if stored.get(key) != settings.get(key))
+        if differing:
+            raise SystemExit(
+                f"{path} was made with other settings ({', '.join(differing)}): pass another --out, or delete it to rerun"
+            )
+        return record
     started = time.time()
-    record = make_record()
+    record = {**make_record(), "settings": settings}
     record["wall_seconds"] = round(time.time() - started, 1)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".part", "w") as handle:

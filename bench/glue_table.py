@@ -12,9 +12,10 @@ For each task:
    same recipe and seeds, and evaluate on dev.
 
 Every finished (task, arm, seed) cell writes its own JSON under ``OUT/cells/`` and is skipped on
-a rerun, so the table can be built over several sittings. ``OUT/table.json`` and ``OUT/table.md``
-hold mean ± std per task and arm and the paired difference (MMR - baseline, seed by seed) with its
-95 % t interval, and the margin diagnostics (final radius R, median dev MMS, and median dev MMS / R).
+a rerun with the same settings (one made with other settings stops the script, naming them), so the
+table can be built over several sittings. ``OUT/table.json`` and ``OUT/table.md`` hold mean ± std
+per task and arm and the paired difference (MMR - baseline, seed by seed) with its 95 % t interval,
+and the margin diagnostics (final radius R, median dev MMS, and median dev MMS / R).
 ``OUT/<task>_training.png`` shows the training diagnostics (loss, penalty, radius, lambda) of both arms
 for the first seed; ``OUT/<task>_margins.png`` and ``OUT/<task>_margins_relative.png`` the distribution
 of their dev-set MMS, absolute and divided by R.
@@ -52,30 +53,32 @@ def candidate_arguments(candidate: str) -> dict:
     return arguments
 
 
+def cell_training(options: argparse.Namespace, task: str, seed: int, arguments: dict) -> dict:
+    """``fine_tune``'s arguments for one cell: the recipe, identical for both arms, plus the arm's."""
+    return {
+        "seed": seed,
+        "eval_steps": 10**9,  # only the final model is evaluated
+        "batch_size": options.batch_size,
+        "learning_rate": options.learning_rate,
+        "num_train_epochs": RECIPES[task]["epochs"],
+        "train_sampling_strategy": "group_by_length",
+        **arguments,
+    }
+
+
 def run_cell(path: str, options: argparse.Namespace, task: str, seed: int, heldout: bool, arguments: dict) -> dict:
-    """One fine-tuning run, read from ``path`` if it already finished."""
+    """One fine-tuning run, read from ``path`` if it already finished with the same settings."""
+    heldout_fraction = options.heldout_fraction if heldout else 0.0
+    train, evaluation = glue_splits(options.glue_dir, task, RECIPES[task]["train_size"], heldout_fraction)
+    training = cell_training(options, task, seed, arguments)
 
     def make_record() -> dict:
-        recipe = RECIPES[task]
-        train, evaluation = glue_splits(
-            options.glue_dir, task, recipe["train_size"], options.heldout_fraction if heldout else 0.0
-        )
-        record = fine_tune(
-            task,
-            train,
-            evaluation,
-            seed=seed,
-            eval_steps=10**9,  # only the final model is evaluated
-            batch_size=options.batch_size,
-            learning_rate=options.learning_rate,
-            num_train_epochs=recipe["epochs"],
-            train_sampling_strategy="group_by_length",
-            **arguments,
-        )
-        evaluated_on = f"held-out {options.heldout_fraction:g} of train" if heldout else "dev"
+        record = fine_tune(task, train, evaluation, **training)
+        evaluated_on = f"held-out {heldout_fraction:g} of train" if heldout else "dev"
         return {**record, "task": task, "seed": seed, "arguments": arguments, "evaluated_on": evaluated_on}
 
-    return run_once(path, make_record)
+    settings = {"train_examples": len(train), "evaluation_examples": len(evaluation), **training}
+    return run_once(path, settings, make_record)
 
 
 def choose(options: argparse.Namespace, task: str) -> tuple[str, dict]:

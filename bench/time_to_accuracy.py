@@ -19,7 +19,7 @@ every ``--eval_every`` steps; training seconds exclude evaluation and include MM
 For each seed the target is the uniform run's final dev accuracy; each arm reports the first
 step, examples and seconds at which it reaches it (or "not reached"), and its ratio to uniform's
 own first step and seconds at the target. Every (task, arm, seed) run is kept as JSON under
-``OUT/runs/`` and skipped on a rerun. Results per task: ``OUT/<task>_time_to_accuracy.json`` and ``.md``,
+``OUT/runs/`` and skipped on a rerun with the same settings. Results per task: ``OUT/<task>_time_to_accuracy.json`` and ``.md``,
 and ``OUT/<task>_curves.png`` (dev accuracy against steps and against seconds, per arm and seed).
 
     python bench/time_to_accuracy.py --out docs/time_to_accuracy
@@ -52,23 +52,24 @@ RECIPES = {
 }
 
 
-def train_arm(
-    options: argparse.Namespace, task: str, train, dev, arm: str, seed: int, eval_every: int, length: dict
-) -> dict:
-    """One arm's run, dev scored every ``eval_every`` steps."""
-    record = fine_tune(
-        task,
-        train,
-        dev,
-        seed=seed,
-        eval_steps=eval_every,
-        batch_size=options.batch_size,
-        learning_rate=options.learning_rate,
-        mmr_lambda=options.mmr_lambda,
+def arm_training(options: argparse.Namespace, epochs: int, steps: int, arm: str, seed: int, eval_every: int) -> dict:
+    """``fine_tune``'s arguments for one arm's run, dev scored every ``eval_every`` steps."""
+    length = {"num_train_epochs": epochs}
+    if arm in ("select", "uniform_short"):
+        length = {"max_steps": round(options.select_steps * steps)}
+    return {
+        "seed": seed,
+        "eval_steps": eval_every,
+        "batch_size": options.batch_size,
+        "learning_rate": options.learning_rate,
+        "mmr_lambda": options.mmr_lambda,
         **length,
         **ARMS[arm],
-    )
-    return {**record, "task": task, "arm": arm, "seed": seed}
+    }
+
+
+def train_arm(task: str, train, dev, arm: str, training: dict) -> dict:
+    return {**fine_tune(task, train, dev, **training), "task": task, "arm": arm, "seed": training["seed"]}
 
 
 def first_reach(curve: list[dict], target: float) -> dict | None:
@@ -180,12 +181,10 @@ def main() -> None:
         runs: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
         for seed in options.seeds:
             for arm in arms:
-                length = {"num_train_epochs": recipe["epochs"]}
-                if arm in ("select", "uniform_short"):
-                    length = {"max_steps": round(options.select_steps * steps)}
+                training = arm_training(options, recipe["epochs"], steps, arm, seed, eval_every)
                 path = os.path.join(options.out, "runs", task, f"{arm}_seed{seed}.json")
-                make_record = functools.partial(train_arm, options, task, train, dev, arm, seed, eval_every, length)
-                runs[arm][seed] = run_once(path, make_record)
+                settings = {"train_examples": len(train), "evaluation_examples": len(dev), **training}
+                runs[arm][seed] = run_once(path, settings, functools.partial(train_arm, task, train, dev, arm, training))
         summary = {
             "options": vars(options),
             "train_examples": len(train),

@@ -1,18 +1,12 @@
 """The benchmarks' own arithmetic: data splits, confidence intervals, grid entries and time-to-target."""
 
 import math
-import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-
-from common import glue_splits, paired_difference  # noqa: E402
-from glue_table import candidate_arguments  # noqa: E402
-from time_to_accuracy import summarize  # noqa: E402
-
-from conftest import GLUE_DIR  # noqa: E402
+from common import glue_splits, paired_difference, run_once
+from conftest import GLUE_DIR
+from glue_table import candidate_arguments
+from time_to_accuracy import summarize
 
 
 def test_paired_difference_is_the_t_interval_of_the_seedwise_differences():
@@ -44,6 +38,24 @@ def test_subset_and_heldout_slice_are_fixed_and_disjoint():
     assert len(full_train) == 500 and len(dev) == 872  # the whole dev set
 
 
+def test_a_stored_run_is_reused_only_with_the_settings_it_was_made_with(tmp_path):
+    path = str(tmp_path / "runs" / "uniform_seed1.json")
+    made = []
+
+    def make_record():
+        made.append(1)
+        return {"final": {"eval_accuracy": 0.5}}
+
+    settings = {"seed": 1, "learning_rate": 1e-4, "mmr_lambda": 0.0}
+    first = run_once(path, settings, make_record)
+    assert run_once(path, dict(settings), make_record) == first and len(made) == 1
+    with pytest.raises(SystemExit, match=r"other settings \(mmr_lambda\): pass another --out"):
+        run_once(path, {**settings, "mmr_lambda": 0.01}, make_record)
+    with pytest.raises(SystemExit, match=r"other settings \(max_steps\)"):
+        run_once(path, {**settings, "max_steps": 10}, make_record)
+    assert len(made) == 1  # the stored run was neither remade nor overwritten
+
+
 def curve(points):
     return [{"step": s, "train_seconds": t, "eval_accuracy": a} for s, t, a in points]
 
@@ -54,7 +66,7 @@ def test_time_to_target_compares_first_arrivals_with_uniforms_own():
         "cached": {1: {"final": {"eval_accuracy": 0.81}, "curve": curve([(10, 12, 0.8), (20, 24, 0.81)])}},
         "select": {1: {"final": {"eval_accuracy": 0.75}, "curve": curve([(10, 30, 0.7), (15, 45, 0.75)])}},
     }
-    for arm, by_seed in runs.items():
+    for by_seed in runs.values():
         by_seed[1].update(train_seconds=by_seed[1]["curve"][-1]["train_seconds"], steps=by_seed[1]["curve"][-1]["step"])
     result = summarize(runs, [1])
     assert result["uniform"]["median_steps_ratio"] == 1.0
