@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 import torch
 from torch import nn
 
@@ -111,7 +113,7 @@ class FeatureCapture:
     def remove(self) -> None:
         self._handle.remove()
 
-    def __enter__(self) -> "FeatureCapture":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,6 +2,7 @@
 
 import math
 import os
+import pathlib
 
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_push_to_hub_uploads_the_model_and_card(tmp_path, monkeypatch):
                     repo_id,
                     folder_path,
                     sorted(os.listdir(folder_path)),
-                    open(os.path.join(folder_path, "README.md")).read(),
+                    pathlib.Path(folder_path, "README.md").read_text(),
                     kwargs.get("ignore_patterns"),
                 )
             )

@@ -25,7 +25,7 @@ def test_head_found_and_captured_features_reproduce_logits(model_type):
 def test_override_names_the_module():
     model = tiny_model("roberta")
     path, head = find_classifier_head(model, "classifier.out_proj")
-    assert head is model.classifier.out_proj
+    assert path == "classifier.out_proj" and head is model.classifier.out_proj
 
 
 @pytest.mark.parametrize(

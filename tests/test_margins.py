@@ -123,7 +123,7 @@ def test_zero_features_give_zero_radius_and_finite_gradient():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_math_runs_in_float32_under_autocast(dtype):
-    h, W, b, y = (t.float() if t.is_floating_point() else t for t in random_head(8, 3, 16, seed=5))
+    h, W, _, y = (t.float() if t.is_floating_point() else t for t in random_head(8, 3, 16, seed=5))
     h = h * 1e3  # R^2 ~ 1e7: overflows float16 (max 65504) if computed in it
     with torch.autocast("cpu", dtype=dtype):
         penalty = mmr_penalty(h.to(dtype), W.to(dtype), y)

@@ -59,7 +59,7 @@ def test_all_zero_features(tmp_path):
         model.bert.pooler.dense.bias.zero_()
     trainer = two_steps(tmp_path, model, mmr_detach_radius=False)
     assert_finite(trainer)
-    assert [e["mmr/radius"] for e in trainer.state.log_history if "loss" in e][0] < 1e-5
+    assert next(e["mmr/radius"] for e in trainer.state.log_history if "loss" in e) < 1e-5
 
 
 def test_single_class_in_the_batch(tmp_path):
@@ -76,7 +76,7 @@ def test_large_features_under_bf16(tmp_path):
     model.bert.pooler.activation = torch.nn.Identity()
     trainer = two_steps(tmp_path, model, bf16=True, use_cpu=True, learning_rate=1e-5, mmr_lambda=1e-6)
     assert_finite(trainer)
-    assert [e["mmr/radius"] for e in trainer.state.log_history if "loss" in e][0] > 100
+    assert next(e["mmr/radius"] for e in trainer.state.log_history if "loss" in e) > 100
 
 
 def test_lambda_warmup_from_zero(tmp_path):

@@ -1,6 +1,7 @@
 """MMS selection: select picks the pool's lowest scores, cached keeps the gradient unbiased, both resume exactly."""
 
 import copy
+import itertools
 import math
 import os
 
@@ -77,7 +78,7 @@ def test_select_trains_on_the_pool_lowest_mms(tmp_path):
     scores = brute_force_scores(initial, dataset, pool)
     expected = [pool[i] for i in torch.argsort(scores)[:4].tolist()]
     assert trained == expected
-    logged = [e for e in trainer.state.log_history if "loss" in e][0]
+    logged = next(e for e in trainer.state.log_history if "loss" in e)
     assert logged["mms/selected_mean"] == pytest.approx(scores.sort().values[:4].mean().item(), rel=1e-4)
     assert logged["mms/pool_mean"] == pytest.approx(scores.mean().item(), rel=1e-4)
     assert 0 <= logged["mms/misclassified_selected"] <= 1
@@ -135,7 +136,7 @@ def test_cached_epochs_follow_the_keep_rule(tmp_path):
         tmp_path, "cached", n=40, num_train_epochs=4, mms_anneal_epochs=1, mms_keep_quantile=0.25, mms_keep_fraction=0.2
     )
     trainer.train()
-    per_epoch = [sum(trainer.trained[10 * e : 10 * (e + 1)], []) for e in range(4)]
+    per_epoch = [list(itertools.chain.from_iterable(trainer.trained[10 * e : 10 * (e + 1)])) for e in range(4)]
     assert all(len(epoch) == 40 for epoch in per_epoch)  # an epoch still draws N examples
     assert sorted(per_epoch[0]) == list(range(40)) and sorted(per_epoch[3]) == list(range(40))  # uniform, anneal
     kept = [e["mms/kept_fraction"] for e in trainer.state.log_history if "mms/kept_fraction" in e]
