@@ -186,7 +186,8 @@ def main() -> None:
                 settings = {"train_examples": len(train), "evaluation_examples": len(dev), **training}
                 runs[arm][seed] = run_once(path, settings, functools.partial(train_arm, task, train, dev, arm, training))
         summary = {
-            "options": vars(options),
+            # where the data and results lie does not decide the results, and differs from clone to clone
+            "options": {key: value for key, value in vars(options).items() if key not in ("out", "glue_dir")},
             "train_examples": len(train),
             "dev_examples": len(dev),
             "uniform_steps": steps,
