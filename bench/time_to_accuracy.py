@@ -19,8 +19,9 @@ every ``--eval_every`` steps; training seconds exclude evaluation and include MM
 For each seed the target is the uniform run's final dev accuracy; each arm reports the first
 step, examples and seconds at which it reaches it (or "not reached"), and its ratio to uniform's
 own first step and seconds at the target. Every (task, arm, seed) run is kept as JSON under
-``OUT/runs/`` and skipped on a rerun with the same settings. Results per task: ``OUT/<task>_time_to_accuracy.json`` and ``.md``,
-and ``OUT/<task>_curves.png`` (dev accuracy against steps and against seconds, per arm and seed).
+``OUT/runs/`` and skipped on a rerun with the same settings. Results per task:
+``OUT/<task>_time_to_accuracy.json`` and ``.md``, and ``OUT/<task>_curves.png`` (dev accuracy against
+steps and against seconds, per arm and seed).
 
     python bench/time_to_accuracy.py --out docs/time_to_accuracy
     python bench/time_to_accuracy.py --out out --tasks mrpc --arms uniform cached --seeds 42 43 44
@@ -69,6 +70,7 @@ def arm_training(options: argparse.Namespace, epochs: int, steps: int, arm: str,
 
 
 def train_arm(task: str, train, dev, arm: str, training: dict) -> dict:
+    """One arm's run, labelled with its task, arm and seed."""
     return {**fine_tune(task, train, dev, **training), "task": task, "arm": arm, "seed": training["seed"]}
 
 
