@@ -199,7 +199,8 @@ def run_once(path: str, settings: dict, make_record: Callable[[], dict]) -> dict
         differing = sorted(key for key in stored.keys() | settings.keys() if stored.get(key) != settings.get(key))
         if differing:
             raise SystemExit(
-                f"{path} was made with other settings ({', '.join(differing)}): pass another --out, or delete it to rerun"
+                f"{path} was made with other settings ({', '.join(differing)}): "
+                "pass another --out, or delete it to rerun"
             )
         return record
     started = time.time()

@@ -186,7 +186,8 @@ def main() -> None:
                 training = arm_training(options, recipe["epochs"], steps, arm, seed, eval_every)
                 path = os.path.join(options.out, "runs", task, f"{arm}_seed{seed}.json")
                 settings = {"train_examples": len(train), "evaluation_examples": len(dev), **training}
-                runs[arm][seed] = run_once(path, settings, functools.partial(train_arm, task, train, dev, arm, training))
+                make_record = functools.partial(train_arm, task, train, dev, arm, training)
+                runs[arm][seed] = run_once(path, settings, make_record)
         summary = {
             # where the data and results lie does not decide the results, and differs from clone to clone
             "options": {key: value for key, value in vars(options).items() if key not in ("out", "glue_dir")},
