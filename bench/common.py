@@ -214,6 +214,19 @@ def run_once(path: str, settings: dict, make_record: Callable[[], dict]) -> dict
     return record
 
 
+def fine_tune_once(path: str, task_name: str, train: Any, evaluation: Any, training: dict, **labels: Any) -> dict:
+    """``fine_tune(task_name, train, evaluation, **training)`` through ``run_once``, its record labelled.
+
+    The settings a stored record must match are ``training`` and the sizes of the two sets.
+    """
+    settings = {"train_examples": len(train), "evaluation_examples": len(evaluation), **training}
+    return run_once(
+        path,
+        settings,
+        lambda: {**fine_tune(task_name, train, evaluation, **training), "task": task_name, **labels},
+    )
+
+
 def load_records(directory: str) -> list[dict]:
     """Every record stored under ``directory``."""
     records = []

@@ -31,7 +31,15 @@ import json
 import os
 import statistics
 
-from common import DEFAULT_GLUE_DIR, METRIC, fine_tune, glue_splits, load_records, mean_std, paired_difference, run_once
+from common import (
+    DEFAULT_GLUE_DIR,
+    METRIC,
+    fine_tune_once,
+    glue_splits,
+    load_records,
+    mean_std,
+    paired_difference,
+)
 
 # The recipe, identical for both arms. SST-2 trains on a fixed random subset of train (seed 0).
 RECIPES = {
@@ -70,15 +78,11 @@ def run_cell(path: str, options: argparse.Namespace, task: str, seed: int, heldo
     """One fine-tuning run, read from ``path`` if it already finished with the same settings."""
     heldout_fraction = options.heldout_fraction if heldout else 0.0
     train, evaluation = glue_splits(options.glue_dir, task, RECIPES[task]["train_size"], heldout_fraction)
+    evaluated_on = f"held-out {heldout_fraction:g} of train" if heldout else "dev"
     training = cell_training(options, task, seed, arguments)
-
-    def make_record() -> dict:
-        record = fine_tune(task, train, evaluation, **training)
-        evaluated_on = f"held-out {heldout_fraction:g} of train" if heldout else "dev"
-        return {**record, "task": task, "seed": seed, "arguments": arguments, "evaluated_on": evaluated_on}
-
-    settings = {"train_examples": len(train), "evaluation_examples": len(evaluation), **training}
-    return run_once(path, settings, make_record)
+    return fine_tune_once(
+        path, task, train, evaluation, training, seed=seed, arguments=arguments, evaluated_on=evaluated_on
+    )
 
 
 def choose(options: argparse.Namespace, task: str) -> tuple[str, dict]:

@@ -30,13 +30,12 @@ steps and against seconds, per arm and seed).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
 import statistics
 
-from common import DEFAULT_GLUE_DIR, METRIC, fine_tune, glue_splits, run_once
+from common import DEFAULT_GLUE_DIR, METRIC, fine_tune_once, glue_splits
 
 ARMS = {
     "uniform": {"mms_selection": "none"},
@@ -67,11 +66,6 @@ def arm_training(options: argparse.Namespace, epochs: int, steps: int, arm: str,
         **length,
         **ARMS[arm],
     }
-
-
-def train_arm(task: str, train, dev, arm: str, training: dict) -> dict:
-    """One arm's run, labelled with its task, arm and seed."""
-    return {**fine_tune(task, train, dev, **training), "task": task, "arm": arm, "seed": training["seed"]}
 
 
 def first_reach(curve: list[dict], target: float) -> dict | None:
@@ -185,9 +179,7 @@ def main() -> None:
             for arm in arms:
                 training = arm_training(options, recipe["epochs"], steps, arm, seed, eval_every)
                 path = os.path.join(options.out, "runs", task, f"{arm}_seed{seed}.json")
-                settings = {"train_examples": len(train), "evaluation_examples": len(dev), **training}
-                make_record = functools.partial(train_arm, task, train, dev, arm, training)
-                runs[arm][seed] = run_once(path, settings, make_record)
+                runs[arm][seed] = fine_tune_once(path, task, train, dev, training, arm=arm, seed=seed)
         summary = {
             # where the data and results lie does not decide the results, and differs from clone to clone
             "options": {key: value for key, value in vars(options).items() if key not in ("out", "glue_dir")},
