@@ -9,6 +9,7 @@ and the final dev-set minimal margin scores.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -23,6 +24,23 @@ sys.path.insert(0, ROOT)
 DEFAULT_GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(ROOT, "..", "shared", "data", "glue"))
 # The metric every benchmark compares on (MRPC's F1 is recorded beside it).
 METRIC = "eval_accuracy"
+
+
+def bounded(kind: Callable[[str], Any], low: float, *, inclusive: bool = False, below: float | None = None):
+    """An argparse ``type``: ``kind(text)`` above ``low`` (or equal to it if ``inclusive``) and under ``below``."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)  # a ValueError makes argparse say "invalid int value: ..."
+        if value < low or (value == low and not inclusive) or (below is not None and value >= below):
+            bound = f"{'at least' if inclusive else 'above'} {low:g}"
+            if below is not None:
+                bound += f" and below {below:g}"
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
 
 # Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)

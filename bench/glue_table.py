@@ -34,6 +34,7 @@ import statistics
 from common import (
     DEFAULT_GLUE_DIR,
     METRIC,
+    bounded,
     fine_tune_once,
     glue_splits,
     load_records,
@@ -53,9 +54,13 @@ RAMP_START = 1e-4
 def candidate_arguments(candidate: str) -> dict:
     """``"0.1"`` -> constant lambda 0.1; ``"0.1:ramp"`` -> lambda from 1e-4 to 0.1 linearly over training."""
     value, _, schedule = candidate.partition(":")
-    if schedule not in ("", "ramp"):
+    try:
+        mmr_lambda = float(value)
+    except ValueError:
+        mmr_lambda = -1.0
+    if mmr_lambda < 0 or schedule not in ("", "ramp"):
         raise SystemExit(f"--grid entry {candidate!r}: write LAMBDA or LAMBDA:ramp, e.g. 0.01 or 0.1:ramp")
-    arguments = {"mmr_lambda": float(value)}
+    arguments = {"mmr_lambda": mmr_lambda}
     if schedule == "ramp":
         arguments.update(mmr_lambda_start=RAMP_START, mmr_lambda_warmup_ratio=1.0)
     return arguments
@@ -121,9 +126,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--grid", nargs="+", default=["0.01", "0.1", "0.1:ramp"], help="LAMBDA or LAMBDA:ramp")
-    parser.add_argument("--heldout_fraction", type=float, default=0.2)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--heldout_fraction", type=bounded(float, 0, below=1), default=0.2)
+    parser.add_argument("--batch_size", type=bounded(int, 0), default=32)
+    parser.add_argument("--learning_rate", type=bounded(float, 0), default=1e-4)
     parser.add_argument("--glue_dir", default=DEFAULT_GLUE_DIR)
     options = parser.parse_args()
     for candidate in options.grid:

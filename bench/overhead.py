@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from common import bounded
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ("plain", "mmr", "select", "cached")
 
@@ -134,10 +136,10 @@ def summary(values: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 repetitions of 20 steps (under 10 minutes here)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=5, help="first steps not timed")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=bounded(int, 0), default=5)
+    parser.add_argument("--steps", type=bounded(int, 0), default=60)
+    parser.add_argument("--warmup", type=bounded(int, 0, inclusive=True), default=5, help="first steps not timed")
+    parser.add_argument("--batch", type=bounded(int, 0), default=16)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument(
         "--glue_dir", default=os.environ.get("GLUE_DIR", os.path.join(ROOT, "..", "shared", "data", "glue"))
@@ -152,6 +154,8 @@ def main() -> None:
         raise SystemExit(f"--glue_dir {options.glue_dir!r} has no MRPC/ folder")
     if options.quick:
         options.repeats, options.steps = 3, 20
+    if options.warmup >= options.steps:
+        parser.error(f"--warmup {options.warmup} must be below --steps {options.steps}")
     arms = ["plain"] + [arm for arm in options.arms if arm != "plain"]
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     start = time.time()

@@ -35,7 +35,7 @@ import math
 import os
 import statistics
 
-from common import DEFAULT_GLUE_DIR, METRIC, fine_tune_once, glue_splits
+from common import DEFAULT_GLUE_DIR, METRIC, bounded, fine_tune_once, glue_splits
 
 ARMS = {
     "uniform": {"mms_selection": "none"},
@@ -148,18 +148,22 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--arms", nargs="+", default=["uniform", "cached", "select"], choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
-    parser.add_argument("--evaluations", type=int, default=8, help="dev evaluations over the uniform run")
+    parser.add_argument("--evaluations", type=bounded(int, 0), default=8, help="dev evaluations over the uniform run")
     parser.add_argument(
         "--select_steps",
-        type=float,
+        type=bounded(float, 0),
         default=1.0,
         help="select and uniform_short run this fraction of uniform's steps (0.75 tests the 0.75x goal)",
     )
-    parser.add_argument("--mmr_lambda", type=float, default=0.0)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--train_size", type=int, help="train on this fixed random subset instead of the recipe's")
-    parser.add_argument("--epochs", type=int, help="epochs of the uniform run instead of the recipe's")
+    parser.add_argument(
+        "--mmr_lambda", type=bounded(float, 0, inclusive=True), default=0.0, help="MMR's lambda, in every arm"
+    )
+    parser.add_argument("--batch_size", type=bounded(int, 0), default=32)
+    parser.add_argument("--learning_rate", type=bounded(float, 0), default=1e-4)
+    parser.add_argument(
+        "--train_size", type=bounded(int, 0), help="train on this fixed random subset instead of the recipe's"
+    )
+    parser.add_argument("--epochs", type=bounded(int, 0), help="epochs of the uniform run instead of the recipe's")
     parser.add_argument("--glue_dir", default=DEFAULT_GLUE_DIR)
     options = parser.parse_args()
     arms = ["uniform"] + [arm for arm in options.arms if arm != "uniform"]

@@ -1,9 +1,10 @@
 """The benchmarks' own arithmetic: data splits, confidence intervals, grid entries and time-to-target."""
 
+import argparse
 import math
 
 import pytest
-from common import glue_splits, paired_difference, run_once
+from common import bounded, glue_splits, paired_difference, run_once
 from conftest import GLUE_DIR
 from glue_table import candidate_arguments
 from time_to_accuracy import summarize
@@ -24,8 +25,24 @@ def test_grid_entries_are_a_constant_lambda_or_the_papers_ramp():
         "mmr_lambda_start": 1e-4,
         "mmr_lambda_warmup_ratio": 1.0,
     }
-    with pytest.raises(SystemExit, match="LAMBDA or LAMBDA:ramp"):
-        candidate_arguments("0.1:cosine")
+    for bad in ("0.1:cosine", "abc", "-0.1"):
+        with pytest.raises(SystemExit, match="LAMBDA or LAMBDA:ramp"):
+            candidate_arguments(bad)
+
+
+def test_bounded_numbers_name_the_bound():
+    assert bounded(int, 0)("3") == 3 and bounded(float, 0, inclusive=True)("0") == 0.0
+    assert bounded(float, 0, below=1)("0.2") == 0.2
+    for parse, text, message in [
+        (bounded(int, 0), "0", "0 must be above 0"),
+        (bounded(float, 0, inclusive=True), "-1", "-1 must be at least 0"),
+        (bounded(float, 0, below=1), "1", "1 must be above 0 and below 1"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse(text)
+    with pytest.raises(ValueError):
+        bounded(int, 0)("x")  # argparse reports it as "invalid int value"
+    assert bounded(int, 0).__name__ == "int"
 
 
 def test_subset_and_heldout_slice_are_fixed_and_disjoint():
