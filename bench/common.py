@@ -1,10 +1,10 @@
-"""What the accuracy benchmarks share: real GLUE splits, one fine-tuning run with a dev curve, and statistics.
+"""What the accuracy benchmarks share: real data splits, one fine-tuning run with a dev curve, and statistics.
 
 ``fine_tune`` trains the packaged MiniLM with ``MMRTrainer`` on a GLUE task read from the
-original TSV files, evaluates at regular intervals and returns one JSON-ready record: the
-dev metric against optimizer steps, examples trained on and training seconds (evaluation
-time excluded, MMS scoring included), the training logs (loss, MMR penalty, radius, lambda)
-and the final dev-set minimal margin scores.
+original TSV files (or on TREC), evaluates at regular intervals and returns one JSON-ready
+record: the dev metric against optimizer steps, examples trained on and training seconds
+(evaluation time excluded, MMS scoring included), the training logs (loss, MMR penalty,
+radius, lambda) and the final dev-set minimal margin scores, as ``MMRTrainer`` reports them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 DEFAULT_GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(ROOT, "..", "shared", "data", "glue"))
+DEFAULT_TREC_DIR = os.environ.get("TREC_DIR", os.path.join(ROOT, "..", "shared", "data", "trec"))
+# TREC's test file is its evaluation set: it has no other labelled split.
+TREC = "trec"
 # The metric every benchmark compares on (MRPC's F1 is recorded beside it).
 METRIC = "eval_accuracy"
 
@@ -47,34 +50,76 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 _T95 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def glue_splits(
-    glue_dir: str, task_name: str, train_size: int | None = None, heldout_fraction: float = 0.0
+def task_splits(
+    task_name: str,
+    train_size: int | None = None,
+    heldout_fraction: float = 0.0,
+    glue_dir: str = DEFAULT_GLUE_DIR,
+    trec_dir: str = DEFAULT_TREC_DIR,
 ) -> tuple[Any, Any]:
-    """(train, evaluation) of a GLUE task: an optional fixed random train subset; the dev set, or a held-out slice.
+    """(train, evaluation) of a task: an optional fixed random train subset; dev, or a held-out slice.
 
-    The subset and the held-out slice are drawn with seed 0, whatever the training seed, so every
-    arm and seed sees the same examples. With ``heldout_fraction`` > 0 the evaluation set is that
-    slice of (the subset of) train, and dev is not touched: that is where hyperparameters are chosen.
+    GLUE tasks are read from the original TSV files; ``trec`` from the original TREC files,
+    converted to CSV by ``bench/trec.py`` and read by ``datasets``' CSV builder, as run_glue_mmr.py
+    reads a user's ``--train_file``. The subset and the held-out slice are drawn with seed 0,
+    whatever the training seed, so every arm and seed sees the same examples. With
+    ``heldout_fraction`` > 0 the evaluation set is that slice of (the subset of) train, and dev is
+    not touched: that is where hyperparameters are chosen.
     """
-    from hf_mmr.glue import get_task, load_glue_tsv
+    if task_name == TREC:
+        train, evaluation = _trec_splits(trec_dir)
+    else:
+        from hf_mmr.glue import get_task, load_glue_tsv
 
-    if not os.path.isdir(os.path.join(glue_dir, get_task(task_name).folder)):
-        raise SystemExit(f"--glue_dir {glue_dir!r} has no {get_task(task_name).folder}/ folder")
-    dev_split = get_task(task_name).eval_splits[0]
-    raw = load_glue_tsv(glue_dir, task_name, ["train", dev_split])
-    train = raw["train"].shuffle(seed=0)
+        if not os.path.isdir(os.path.join(glue_dir, get_task(task_name).folder)):
+            raise SystemExit(f"--glue_dir {glue_dir!r} has no {get_task(task_name).folder}/ folder")
+        dev_split = get_task(task_name).eval_splits[0]
+        raw = load_glue_tsv(glue_dir, task_name, ["train", dev_split])
+        train, evaluation = raw["train"], raw[dev_split]
+    train = train.shuffle(seed=0)
     if train_size is not None:
         train = train.select(range(min(train_size, len(train))))
     if heldout_fraction <= 0:
-        return train, raw[dev_split]
+        return train, evaluation
     cut = len(train) - round(heldout_fraction * len(train))
     return train.select(range(cut)), train.select(range(cut, len(train)))
 
 
-def _tokenized(dataset: Any, task_name: str, tokenizer: Any, max_length: int) -> Any:
+def _trec_splits(trec_dir: str) -> tuple[Any, Any]:
+    """TREC's train and test files, labels as ids of the sorted coarse class names."""
+    import tempfile
+
+    import datasets
+
+    from trec import COARSE_CLASSES, to_csv
+
+    paths = to_csv(trec_dir, os.path.join(tempfile.gettempdir(), "hf_mmr_trec_csv"))
+    raw = datasets.load_dataset("csv", data_files=paths)
+    raw = raw.cast_column("label", datasets.ClassLabel(names=sorted(COARSE_CLASSES)))
+    return raw["train"], raw["test"]
+
+
+def text_columns(task_name: str) -> tuple[str, ...]:
+    """The text columns of a task's examples."""
+    if task_name == TREC:
+        return ("text",)
     from hf_mmr.glue import get_task
 
-    columns = get_task(task_name).text_columns
+    return get_task(task_name).text_columns
+
+
+def num_labels(task_name: str) -> int:
+    if task_name == TREC:
+        from trec import COARSE_CLASSES
+
+        return len(COARSE_CLASSES)
+    from hf_mmr.glue import get_task
+
+    return len(get_task(task_name).label_names)
+
+
+def _tokenized(dataset: Any, task_name: str, tokenizer: Any, max_length: int) -> Any:
+    columns = text_columns(task_name)
 
     def encode(batch: dict) -> dict:
         return tokenizer(*[batch[column] for column in columns], truncation=True, max_length=max_length)
@@ -98,8 +143,6 @@ def fine_tune(
     **arguments: Any,
 ) -> dict:
     """Fine-tune the packaged MiniLM once; ``arguments`` are further ``MMRTrainingArguments`` fields."""
-    import numpy as np
-    import torch
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -109,9 +152,6 @@ def fine_tune(
     )
 
     from hf_mmr import MMRTrainer, MMRTrainingArguments
-    from hf_mmr.glue import get_task
-    from hf_mmr.head import find_classifier_head
-    from hf_mmr.margins import minimal_margin_scores
     from hf_mmr.metrics import glue_compute_metrics
     from run_glue_mmr import default_model_dir
 
@@ -120,9 +160,7 @@ def fine_tune(
     train = _tokenized(train, task_name, tokenizer, max_seq_length)
     evaluation = _tokenized(evaluation, task_name, tokenizer, max_seq_length)
     set_seed(seed)  # the new classifier's initialization depends on it
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=len(get_task(task_name).label_names)
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels(task_name))
     args = MMRTrainingArguments(
         output_dir=os.path.join("/tmp", f"hf_mmr_bench_{os.getpid()}"),
         per_device_train_batch_size=batch_size,
@@ -140,12 +178,7 @@ def fine_tune(
         dataloader_pin_memory=False,
         **arguments,
     )
-    metric = glue_compute_metrics(task_name, False)
-    last_logits: dict[str, np.ndarray] = {}
-
-    def compute_metrics(prediction: Any) -> dict[str, float]:
-        last_logits["dev"] = prediction.predictions
-        return metric(prediction)
+    compute_metrics = glue_compute_metrics(None if task_name == TREC else task_name, False)
 
     class Curve(TrainerCallback):
         """Dev metric against steps, examples and training seconds (evaluation time taken out)."""
@@ -190,8 +223,6 @@ def fine_tune(
     trainer.train()
     if not curve.points or curve.points[-1]["step"] != trainer.state.global_step:
         trainer.evaluate()  # the final model, when the last step was not an evaluation step
-    _, head = find_classifier_head(model, args.mmr_head)
-    dev_mms = minimal_margin_scores(torch.as_tensor(last_logits["dev"]), head.weight.detach().float())
     return {
         "final": curve.points[-1],
         "curve": curve.points,
@@ -200,7 +231,8 @@ def fine_tune(
         "train_examples": len(train),
         "eval_examples": len(evaluation),
         "log_history": [entry for entry in trainer.state.log_history if "loss" in entry],
-        "dev_mms": [round(float(x), 5) for x in dev_mms],
+        "dev_mms": [round(float(x), 5) for x in trainer.eval_margins["mms"]],
+        "dev_radius": round(trainer.eval_margins["radius"], 5),
     }
 
 

@@ -35,7 +35,7 @@ import math
 import os
 import statistics
 
-from common import DEFAULT_GLUE_DIR, METRIC, bounded, fine_tune_once, glue_splits
+from common import DEFAULT_GLUE_DIR, METRIC, bounded, fine_tune_once, task_splits
 
 ARMS = {
     "uniform": {"mms_selection": "none"},
@@ -175,7 +175,7 @@ def main() -> None:
             "train_size": options.train_size or RECIPES[task]["train_size"],
             "epochs": options.epochs or RECIPES[task]["epochs"],
         }
-        train, dev = glue_splits(options.glue_dir, task, recipe["train_size"])
+        train, dev = task_splits(task, recipe["train_size"], glue_dir=options.glue_dir)
         steps = math.ceil(len(train) / options.batch_size) * recipe["epochs"]
         eval_every = max(1, steps // options.evaluations)
         runs: dict[str, dict[int, dict]] = {arm: {} for arm in arms}

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .margins import MMR_FORMS
+
 
 class MMRConfigError(ValueError):
     """An MMR setting that cannot work; the message names the setting and what to change."""
@@ -35,6 +37,15 @@ class MMRTrainingArguments(TrainingArguments):
         metadata={
             "help": "Fraction of the training steps over which the MMR weight goes from mmr_lambda_start to "
             "mmr_lambda (0 = no ramp)."
+        },
+    )
+    mmr_form: str = field(
+        default="weights",
+        metadata={
+            "help": "Which MMR penalty: 'weights' = mean_i mean_{j in J_i} R^2 ||w_{y_i} - w_j||^2 (the authors' CNN "
+            "code; J_i the mmr_top_k strongest wrong classes) or 'margin' = R / mean_i m_i, m_i the mean distance "
+            "of h_i to the mmr_top_k nearest decision boundaries of its predicted class (the authors' BERT code). "
+            "R = max_i ||h_i|| over the batch."
         },
     )
     mmr_top_k: int = field(
@@ -96,6 +107,8 @@ class MMRTrainingArguments(TrainingArguments):
                 raise MMRConfigError(f"--{name} must be a finite number >= 0, got {value!r}")
         if not 0.0 <= self.mmr_lambda_warmup_ratio <= 1.0:
             raise MMRConfigError(f"--mmr_lambda_warmup_ratio must be in [0, 1], got {self.mmr_lambda_warmup_ratio!r}")
+        if self.mmr_form not in MMR_FORMS:
+            raise MMRConfigError(f"--mmr_form must be one of {', '.join(MMR_FORMS)}, got {self.mmr_form!r}")
         if isinstance(self.mmr_top_k, bool) or not isinstance(self.mmr_top_k, int) or self.mmr_top_k < 1:
             raise MMRConfigError(f"--mmr_top_k must be an integer >= 1, got {self.mmr_top_k!r}")
         if self.mmr_head is not None and not self.mmr_head.strip():

@@ -17,7 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import MMRConfigError, MMRTrainingArguments
 from .head import FeatureCapture, HeadNotFoundError, find_classifier_head
-from .margins import minimal_margin_scores, mmr_penalty, squared_radius
+from .margins import margin_summary, minimal_margin_scores, mmr_penalty, squared_radius
 from .recovery import NonFiniteLossError, last_complete_checkpoint, mark_complete
 from .sampling import (
     INDEX_KEY,
@@ -40,6 +40,7 @@ MMR_SETTINGS = (
     "mmr_lambda",
     "mmr_lambda_start",
     "mmr_lambda_warmup_ratio",
+    "mmr_form",
     "mmr_top_k",
     "mmr_detach_radius",
     "mmr_head",
@@ -50,6 +51,12 @@ MMR_SETTINGS = (
     "mms_keep_fraction",
     "mms_anneal_epochs",
 )
+
+# How the model card states each form of the penalty.
+CARD_FORMULAS = {
+    "weights": "= mean_i mean_{j in J_i} R² · ||w_{y_i} − w_j||² (J_i: the strongest wrong classes)",
+    "margin": "= R / mean_i m_i (m_i: distance of h_i to the nearest decision boundaries of its predicted class)",
+}
 
 # Saved in every checkpoint folder in cached mode: the MMS cache and the current epoch's frozen scores.
 MMS_STATE_NAME = "mms_state.pt"
@@ -75,6 +82,11 @@ class MMRTrainer(Trainer):
     ``mms/misclassified_selected``, ``mms/scoring_time_share`` (select) or ``mms/kept_fraction``
     and ``mms/skipped_per_pass`` (cached). With ``mmr_lambda == 0`` and ``mms_selection == "none"``
     the training is exactly that of ``Trainer``.
+
+    Every evaluation also reports the margins of the evaluation set, from the features of its
+    normal forward pass: ``eval_mms_median`` and ``eval_relative_margin_median`` (median MMS / R,
+    R the largest feature norm of the set). ``eval_margins`` keeps the last evaluation's
+    per-example MMS and its R.
     """
 
     args: MMRTrainingArguments
@@ -90,6 +102,8 @@ class MMRTrainer(Trainer):
         self._sampler: CachedMarginSampler | None = None
         self._last_step_start: float | None = None
         self._loss_is_batch_mean: bool | None = None  # see _mean_factor
+        self._eval_parts: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (MMS, ||h||) per eval batch
+        self.eval_margins: dict[str, Any] | None = None
         selection = self.args.mms_selection
         needs_head = self.args.mmr_enabled or selection != "none"
         model = self.accelerator.unwrap_model(self.model)
@@ -119,10 +133,10 @@ class MMRTrainer(Trainer):
         indices = inputs.pop(INDEX_KEY, None)  # never reaches the model's forward
         labels = inputs.get("labels")  # the parent may pop it from inputs
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if self._capture is not None:
+        if self._capture is not None and model.training:  # evaluation features are prediction_step's
             logits = logits_of(outputs)
             features = self._capture.pop(logits)
-            if model.training and labels is not None:
+            if labels is not None:
                 weight = self._head_weight()
                 if not self._head_checked:
                     autocast = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
@@ -164,7 +178,16 @@ class MMRTrainer(Trainer):
             radius = r2.clamp_min(1e-12).sqrt()
             if self.args.mmr_detach_radius:
                 radius = radius.detach()
-            penalty = mmr_penalty(features, self._head_weight(), labels, logits, self.args.mmr_top_k, radius)
+            penalty = mmr_penalty(
+                features,
+                self._head_weight(),
+                labels,
+                logits,
+                self.args.mmr_top_k,
+                radius,
+                form=self.args.mmr_form,
+                sum_over_processes=self._sum_over_processes if self.args.world_size > 1 else None,
+            )
         lam = self.args.mmr_lambda_at(self.state.global_step, self.state.max_steps)
         self._record("mmr/penalty", penalty.detach())
         self._record("mmr/radius", radius.detach())
@@ -253,6 +276,50 @@ class MMRTrainer(Trainer):
 
             return torch.stack(dist_fn.all_gather(local_max)).max()
         return self.accelerator.gather(local_max.detach()[None]).max()
+
+    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over all processes; differentiable when the tensor needs a gradient."""
+        if tensor.requires_grad:
+            import torch.distributed.nn.functional as dist_fn
+
+            return dist_fn.all_reduce(tensor)
+        return self.accelerator.reduce(tensor, reduction="sum")
+
+    # ------------------------------------------------------------------ evaluation margins
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The Trainer's step, plus the MMS and feature norm of each example from the same forward pass."""
+        result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if self._capture is not None:
+            features, self._capture.features = self._capture.features, None
+            if self._eval_parts is not None and features is not None and features.dim() == 2:
+                with torch.no_grad():
+                    head = self._capture.head
+                    h = features.detach().float()
+                    weight = head.weight.detach().float()
+                    logits = F.linear(h, weight, None if head.bias is None else head.bias.detach().float())
+                    parts = (minimal_margin_scores(logits, weight), h.norm(dim=1))
+                    self._eval_parts.append(tuple(t.cpu() for t in self.accelerator.gather_for_metrics(parts)))
+        return result
+
+    def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
+        """The Trainer's loop; its metrics gain ``<prefix>_mms_median`` and ``<prefix>_relative_margin_median``."""
+        self._eval_parts = [] if self._capture is not None else None
+        try:
+            output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        finally:
+            parts, self._eval_parts = self._eval_parts, None
+        if parts:
+            scores, norms = (torch.cat(column) for column in zip(*parts))
+            self.eval_margins = {"mms": scores.numpy(), "radius": float(norms.max())}
+            summary = margin_summary(scores, norms)
+            output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in summary.items()})
+        return output
 
     # ------------------------------------------------------------------ data
     def _set_signature_columns_if_needed(self) -> None:
@@ -443,9 +510,10 @@ class MMRTrainer(Trainer):
         path = os.path.join(self.args.output_dir, "README.md")
         card = ModelCard.load(path)
         rows = "\n".join(f"| `{name}` | {getattr(self.args, name)} |" for name in MMR_SETTINGS)
+        formula = CARD_FORMULAS[self.args.mmr_form] if self.args.mmr_enabled else "off (λ = 0)"
         card.text += (
             f"\n## Multi-margin regularization\n\nTrained with hf-mmr {__version__} (`MMRTrainer`): loss = "
-            "classification loss + λ_t · MMR, MMR = mean_i mean_{j in J_i} R² · ||w_{y_i} − w_j||².\n\n"
+            f"classification loss + λ_t · MMR, MMR {formula}.\n\n"
             f"| setting | value |\n|---|---|\n{rows}\n"
         )
         card.save(path)

@@ -2,11 +2,13 @@
 
 import argparse
 import math
+import os
 
 import pytest
-from common import bounded, glue_splits, paired_difference, run_once
+from common import bounded, task_splits, paired_difference, run_once
 from conftest import GLUE_DIR
-from glue_table import candidate_arguments
+import glue_table
+from glue_table import pick, setting_name
 from time_to_accuracy import summarize
 
 
@@ -18,16 +20,53 @@ def test_paired_difference_is_the_t_interval_of_the_seedwise_differences():
     assert math.isnan(paired_difference([0.8], [0.7])["ci95"][0])
 
 
-def test_grid_entries_are_a_constant_lambda_or_the_papers_ramp():
-    assert candidate_arguments("0.01") == {"mmr_lambda": 0.01}
-    assert candidate_arguments("0.1:ramp") == {
-        "mmr_lambda": 0.1,
-        "mmr_lambda_start": 1e-4,
-        "mmr_lambda_warmup_ratio": 1.0,
-    }
-    for bad in ("0.1:cosine", "abc", "-0.1"):
-        with pytest.raises(SystemExit, match="LAMBDA or LAMBDA:ramp"):
-            candidate_arguments(bad)
+def test_settings_are_named_and_picked_by_heldout_score_then_simplicity():
+    assert setting_name({"mmr_lambda": 0.0}) == "baseline"
+    assert setting_name({"mmr_form": "margin", "mmr_lambda": 0.003}) == "margin_0.003"
+    assert setting_name({"mmr_form": "weights", "mmr_lambda": 0.01, "mmr_detach_radius": True}) == "weights_0.01_detach"
+    assert setting_name({"mmr_form": "margin", "mmr_lambda": 0.1, "mmr_top_k": 2}) == "margin_0.1_k2"
+    grid = glue_table.grid("weights")
+    scores = {setting_name(a): 0.8 for a in grid}
+    assert pick(grid, scores) == {"mmr_form": "weights", "mmr_lambda": 0.001, "mmr_detach_radius": False}
+    scores["weights_0.01_detach"] = 0.81
+    assert setting_name(pick(grid, scores)) == "weights_0.01_detach"
+
+
+def test_study_runs_every_cell_once_chooses_on_heldout_and_summarizes(tmp_path, monkeypatch):
+    """The whole study's bookkeeping on a stand-in for fine-tuning: which runs, on which split, which pick."""
+    calls = []
+
+    def fake_fine_tune_once(path, task, train, evaluation, training, **labels):
+        calls.append((os.path.basename(path), labels["evaluated_on"], training["seed"]))
+        # Held-out: margin 0.03 and its top_k 2 variant are best; dev: margin beats the baseline on every seed.
+        name = os.path.basename(path)
+        accuracy = 0.70 + 0.05 * ("margin_0.03" in name) + 0.01 * ("margin_0.03_k2" in name)
+        if labels["evaluated_on"] == "dev":
+            accuracy = 0.80 + 0.01 * name.startswith("margin") + 0.001 * training["seed"] % 3
+        final = {"eval_accuracy": accuracy, "eval_relative_margin_median": 0.5, "eval_mms_median": 1.0}
+        return {"final": final, "wall_seconds": 10.0}
+
+    monkeypatch.setattr(glue_table, "fine_tune_once", fake_fine_tune_once)
+    monkeypatch.setattr(glue_table, "task_splits", lambda *args: ([0] * 10, [0] * 4))
+    options = argparse.Namespace(out=str(tmp_path), seeds=[42, 43], heldout_fraction=0.2, batch_size=32,
+                                 learning_rate=1e-4, glue_dir="", trec_dir="")
+    result = glue_table.Study(options, "trec", train=True).run()
+    heldout = [name for name, split, _ in calls if split != "dev"]
+    assert heldout[0] == "grid_baseline_seed42.json" and len(heldout) == 1 + 4 + 1 + 4 + 1  # + top_k 2 per form
+    assert all(seed == 42 for name, split, seed in calls if split != "dev")
+    assert result["arms"]["margin"]["setting"] == "margin_0.03_k2"
+    assert result["arms"]["weights"]["setting"] == "weights_0.001"  # all tied: the smallest, simplest
+    assert [name for name, split, _ in calls if split == "dev"][:3] == [
+        "baseline_seed42.json", "margin_0.03_k2_seed42.json", "weights_0.001_seed42.json"
+    ]
+    assert result["arms"]["margin"]["seeds_improved"] == 2
+    assert result["arms"]["margin"]["difference"]["mean"] == pytest.approx(0.01)
+    assert result["arms"]["weights"]["seeds_improved"] == 0
+    # A binary task tries no top_k 2, and a lookup-only pass trains nothing and reports a missing task as None.
+    calls.clear()
+    glue_table.Study(options, "mrpc", train=True).run()
+    assert not any("k2" in name for name, _, _ in calls)
+    assert glue_table.Study(options, "rte", train=False).run() is None
 
 
 def test_bounded_numbers_name_the_bound():
@@ -46,12 +85,12 @@ def test_bounded_numbers_name_the_bound():
 
 
 def test_subset_and_heldout_slice_are_fixed_and_disjoint():
-    train, heldout = glue_splits(GLUE_DIR, "sst2", train_size=500, heldout_fraction=0.2)
-    again, _ = glue_splits(GLUE_DIR, "sst2", train_size=500, heldout_fraction=0.2)
+    train, heldout = task_splits("sst2", train_size=500, heldout_fraction=0.2, glue_dir=GLUE_DIR)
+    again, _ = task_splits("sst2", train_size=500, heldout_fraction=0.2, glue_dir=GLUE_DIR)
     assert (len(train), len(heldout)) == (400, 100)
     assert train["sentence"] == again["sentence"]  # the same examples whatever the caller's seed
     assert not set(train["sentence"]) & set(heldout["sentence"])
-    full_train, dev = glue_splits(GLUE_DIR, "sst2", train_size=500)
+    full_train, dev = task_splits("sst2", train_size=500, glue_dir=GLUE_DIR)
     assert len(full_train) == 500 and len(dev) == 872  # the whole dev set
 
 
