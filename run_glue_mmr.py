@@ -39,8 +39,7 @@ from transformers import (
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.arguments import MMRConfigError
 from hf_mmr.glue import TASKS, GlueDataError, get_task, load_glue_tsv
-from hf_mmr.head import HeadNotFoundError, find_classifier_head
-from hf_mmr.margins import minimal_margin_scores
+from hf_mmr.head import HeadNotFoundError
 from hf_mmr.metrics import glue_compute_metrics
 from hf_mmr.recovery import NonFiniteLossError, SaveOnSignal, last_complete_checkpoint
 
@@ -348,14 +347,6 @@ def load_pretrained(model_args: ModelArguments, num_labels: int, task_name: str 
     return tokenizer, model
 
 
-def save_eval_mms(trainer: MMRTrainer, logits: np.ndarray, path: str) -> None:
-    """Save the minimal margin score of every evaluation example (``python -m hf_mmr.report`` draws them)."""
-    _, head = find_classifier_head(trainer.accelerator.unwrap_model(trainer.model), trainer.args.mmr_head)
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    scores = minimal_margin_scores(torch.as_tensor(logits), head.weight.detach().cpu())
-    np.save(path, scores.numpy())
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run from the command line; bad input exits with a one-line message (HF_MMR_DEBUG=1 shows the traceback)."""
     try:
@@ -489,13 +480,7 @@ def run(argv: list[str]) -> None:
         multiple = 8 if training_args.fp16 or training_args.bf16 else None
         data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
-    glue_metrics = glue_compute_metrics(data_args.task_name, is_regression)
-    eval_logits: dict[str, np.ndarray] = {}
-
-    def compute_metrics(prediction) -> dict[str, float]:
-        # Keep the logits: the dev-set MMS is computed from them without a second pass.
-        eval_logits["last"] = prediction.predictions
-        return glue_metrics(prediction)
+    compute_metrics = glue_compute_metrics(data_args.task_name, is_regression)
 
     trainer = MMRTrainer(
         model=model,
@@ -536,10 +521,9 @@ def run(argv: list[str]) -> None:
             metrics = {key + suffix: value for key, value in metrics.items()}
             combined.update(metrics)
             trainer.log_metrics("eval", metrics)
-            if not is_regression and trainer.is_world_process_zero():
-                save_eval_mms(
-                    trainer, eval_logits["last"], os.path.join(training_args.output_dir, f"eval_mms{suffix}.npy")
-                )
+            if trainer.eval_margins is not None and trainer.is_world_process_zero():
+                # Every example's MMS, for `python -m hf_mmr.report` (the medians are in the metrics).
+                np.save(os.path.join(training_args.output_dir, f"eval_mms{suffix}.npy"), trainer.eval_margins["mms"])
         trainer.save_metrics("eval", combined)
 
     if training_args.do_predict:

@@ -116,28 +116,30 @@ def test_run_glue_on_two_processes(glue_dir, tmp_path, mode):
 
 
 @pytest.mark.e2e
-def test_two_processes_agree_with_one_on_the_same_global_batch(glue_dir, tmp_path):
+@pytest.mark.parametrize("form", ["weights", "margin"])
+def test_two_processes_agree_with_one_on_the_same_global_batch(glue_dir, tmp_path, form):
     """Loss, radius and penalty of 3 MMR steps on real RTE: 2 x batch 4 vs 1 x batch 8 (same data order).
 
     Tolerance: relative 1e-4 (the all-reduce sums gradients in another order). The radius is the
-    global maximum and the penalty the global mean, so they match the single process exactly up
-    to rounding. (average_tokens_across_devices is off: with it on, transformers multiplies the
+    global maximum and the batch means are global (sums and counts all-reduced), so the penalty
+    matches the single process up to rounding; for the margin form, R / mean margin, a mean of the
+    two local ratios would not. (average_tokens_across_devices is off: with it on, transformers multiplies the
     loss of models that accept **kwargs by the number of processes, a scale that MMRTrainer
     applies to the penalty too.)
     """
     worker = os.path.join(HERE, "distributed", "rte_worker.py")
     single = subprocess.run(
-        [sys.executable, worker, glue_dir, str(tmp_path)],
+        [sys.executable, worker, glue_dir, str(tmp_path), form],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    double = launch(worker, glue_dir, str(tmp_path))
+    double = launch(worker, glue_dir, str(tmp_path), form)
     assert double.returncode == 0, double.stderr[-3000:]
-    one = json.loads((tmp_path / "history1.json").read_text())
-    two = json.loads((tmp_path / "history2.json").read_text())
+    one = json.loads((tmp_path / f"history1_{form}.json").read_text())
+    two = json.loads((tmp_path / f"history2_{form}.json").read_text())
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         for key in ("loss", "mmr/radius", "mmr/penalty", "mms/mean"):

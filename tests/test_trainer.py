@@ -64,9 +64,17 @@ def test_loss_is_classification_loss_plus_lambda_times_penalty(tmp_path):
     assert first_mmr["loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_logged_penalty_and_mms_match_the_formulas_on_the_batch(tmp_path):
+@pytest.mark.parametrize("form", ["weights", "margin"])
+def test_logged_penalty_and_mms_match_the_formulas_on_the_batch(tmp_path, form):
     trainer = train(
-        MMRTrainer, MMRTrainingArguments, tmp_path, max_steps=1, mmr_lambda=0.5, mmr_top_k=2, model_overrides=NO_DROPOUT
+        MMRTrainer,
+        MMRTrainingArguments,
+        tmp_path,
+        max_steps=1,
+        mmr_lambda=0.5,
+        mmr_top_k=2,
+        mmr_form=form,
+        model_overrides=NO_DROPOUT,
     )
     # Recompute on the same first batch with the initial weights (no update yet, no dropout).
     torch.manual_seed(trainer.args.seed)
@@ -77,11 +85,32 @@ def test_logged_penalty_and_mms_match_the_formulas_on_the_batch(tmp_path):
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     weight = model.classifier.weight
-    penalty = mmr_penalty(captured["h"], weight, batch["labels"], logits, top_k=2)
+    penalty = mmr_penalty(captured["h"], weight, batch["labels"], logits, top_k=2, form=form)
     (logged,) = step_logs(trainer)
     assert logged["mmr/penalty"] == pytest.approx(penalty.item(), rel=1e-4)
     assert logged["mmr/radius"] == pytest.approx(captured["h"].norm(dim=1).max().item(), rel=1e-4)
     assert logged["mms/mean"] == pytest.approx(minimal_margin_scores(logits, weight).mean().item(), rel=1e-4)
+
+
+def test_evaluation_reports_the_margins_of_the_eval_set_from_its_own_forward_pass(tmp_path):
+    trainer = train(MMRTrainer, MMRTrainingArguments, tmp_path, max_steps=2, per_device_eval_batch_size=5)
+    eval_set = synthetic_dataset(n=13, seed=3)
+    model = trainer.model.eval()
+    calls = []
+    handle = model.register_forward_hook(lambda m, a, kw_out=None: calls.append(1))
+    metrics = trainer.evaluate(eval_dataset=eval_set)
+    handle.remove()
+    assert len(calls) == 3  # ceil(13 / 5) batches: no second pass for the margins
+    captured = {}
+    model.classifier.register_forward_pre_hook(lambda m, a: captured.update(h=a[0]))
+    with torch.no_grad():
+        logits = model(input_ids=torch.stack([e["input_ids"] for e in eval_set])).logits
+    mms = minimal_margin_scores(logits, model.classifier.weight)
+    radius = captured["h"].norm(dim=1).max()
+    assert metrics["eval_mms_median"] == pytest.approx(mms.median().item(), rel=1e-5)
+    assert metrics["eval_relative_margin_median"] == pytest.approx((mms.median() / radius).item(), rel=1e-5)
+    assert len(trainer.eval_margins["mms"]) == 13 and trainer.eval_margins["radius"] == pytest.approx(radius.item())
+    assert trainer.state.log_history[-1]["eval_mms_median"] == metrics["eval_mms_median"]  # reaches every logger
 
 
 def test_lambda_schedule_by_global_step(tmp_path):
@@ -151,6 +180,7 @@ def test_trains_with_other_heads(tmp_path, model_type):
         ("mmr_lambda_start", float("inf"), "--mmr_lambda_start"),
         ("mmr_lambda_warmup_ratio", 1.5, "--mmr_lambda_warmup_ratio"),
         ("mmr_top_k", 0, "--mmr_top_k"),
+        ("mmr_form", "ratio", "--mmr_form must be one of weights, margin"),
         ("mmr_head", " ", "--mmr_head"),
     ],
 )

@@ -1,7 +1,8 @@
 """Three MMR steps on the first examples of real RTE; run with 1 process (batch 8) or 2 processes (batch 4 each).
 
 Sequential sampling and no dropout make the two runs see the same global batches, so their logged
-loss, radius and penalty must agree. Writes OUT/history{world_size}.json from the main process.
+loss, radius and penalty must agree. Arguments: GLUE_DIR OUT FORM (the ``mmr_form``). Writes
+OUT/history{world_size}_{form}.json from the main process.
 """
 
 import json
@@ -20,7 +21,7 @@ from hf_mmr.glue import load_glue_tsv
 from run_glue_mmr import default_model_dir
 
 
-def main(glue_dir: str, out: str) -> None:
+def main(glue_dir: str, out: str, form: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     data = load_glue_tsv(glue_dir, "rte", ["train"])["train"].select(range(24))
@@ -37,6 +38,7 @@ def main(glue_dir: str, out: str) -> None:
         max_position_embeddings=64,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
+        initializer_range=0.5,  # features (and margins) that differ from example to example
     )
     args = MMRTrainingArguments(
         output_dir=out,
@@ -52,15 +54,16 @@ def main(glue_dir: str, out: str) -> None:
         train_sampling_strategy="sequential",
         average_tokens_across_devices=False,
         mmr_lambda=0.5,
+        mmr_form=form,
     )
     trainer = MMRTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
     trainer.train()
     if trainer.is_world_process_zero():
         steps = [entry for entry in trainer.state.log_history if "loss" in entry]
-        with open(os.path.join(out, f"history{world}.json"), "w") as handle:
+        with open(os.path.join(out, f"history{world}_{form}.json"), "w") as handle:
             json.dump(steps, handle)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
