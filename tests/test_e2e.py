@@ -50,6 +50,8 @@ def test_outputs_like_run_glue(mrpc_run):
     assert (mrpc_run / "checkpoint-15").is_dir() and (mrpc_run / "checkpoint-30").is_dir()
     results = json.loads((mrpc_run / "all_results.json").read_text())
     assert results["eval_samples"] == 96
+    # The dev set's margins, from the evaluation forward, beside the GLUE metrics.
+    assert results["eval_relative_margin_median"] > 0 and results["eval_mms_median"] > 0
     assert 0.5 <= results["eval_accuracy"] <= 1.0 and 0.0 <= results["eval_f1"] <= 1.0
     config = json.loads((mrpc_run / "config.json").read_text())
     assert config["id2label"] == {"0": "not_equivalent", "1": "equivalent"}
@@ -87,6 +89,32 @@ print(sum(int(p == int(r[0])) for p, r in zip(predicted, rows)) / len(rows))
     accuracy = float(result.stdout.strip().splitlines()[-1])
     expected = json.loads((mrpc_run / "eval_results.json").read_text())["eval_accuracy"]
     assert accuracy == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.e2e
+def test_default_config_runs_the_margin_form(tmp_path):
+    """The README's default config, offline, with the authors' BERT form of the penalty."""
+    out = tmp_path / "out"
+    result = run_script(
+        os.path.join(ROOT, "configs", "default.yaml"),
+        "--mmr_form",
+        "margin",
+        "--max_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--max_eval_samples",
+        "32",
+        "--save_strategy",
+        "no",
+        "--output_dir",
+        str(out),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert len(steps) == 3 and all(e["mmr/penalty"] > 0 for e in steps)
+    assert "MMR = R / mean_i m_i" in (out / "README.md").read_text()
 
 
 def test_non_empty_output_dir_is_refused_and_untouched(glue_dir, tmp_path):
@@ -140,7 +168,10 @@ def test_model_card_records_the_run(mrpc_run):
         "model-index",
         "hf-mmr 0.",
         "| `mmr_lambda` | 0.1 |",
+        "| `mmr_form` | weights |",
+        "MMR = mean_i mean_{j in J_i} R² · ||w_{y_i} − w_j||²",
         "| `mms_selection` | none |",
+        "Mms Median",  # the Trainer's results table carries the dev margins
     ):
         assert text in card, text
 
