@@ -69,7 +69,8 @@ class MMRTrainingArguments(TrainingArguments):
             "help": "How training examples are chosen by minimal margin score (MMS): 'none' (the Trainer's uniform "
             "sampler), 'select' (each step trains on the batch with the smallest MMS among mms_pool_factor times as "
             "many candidates, scored by an extra forward pass) or 'cached' (MMS recorded from the training forward "
-            "pass; examples with large MMS are sampled less often and up-weighted, at no extra cost)."
+            "pass; each later epoch skips part of the large-MMS examples and up-weights the rest, so it has fewer "
+            "steps)."
         },
     )
     mms_pool_factor: int = field(
@@ -84,18 +85,21 @@ class MMRTrainingArguments(TrainingArguments):
     )
     mms_keep_quantile: float = field(
         default=0.5,
-        metadata={"help": "cached: every example whose cached MMS is below this quantile is kept in each pass."},
+        metadata={"help": "cached: the share of each selective epoch's examples with the lowest MMS, all kept."},
     )
     mms_keep_fraction: float = field(
         default=0.5,
         metadata={
             "help": "cached: the fraction of the other examples kept at random; their loss is weighted by "
-            "1 / fraction so the gradient stays unbiased."
+            "1 / fraction so the expected loss of the epoch is the full epoch's."
         },
     )
-    mms_anneal_epochs: int = field(
-        default=1,
-        metadata={"help": "cached: the last epochs that sample all examples uniformly."},
+    mms_anneal_epochs: float = field(
+        default=1.0,
+        metadata={
+            "help": "cached: the last epochs of training that keep every example, uniformly; a fraction anneals "
+            "that last part of an epoch (0.5: its second half)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -123,10 +127,13 @@ class MMRTrainingArguments(TrainingArguments):
             or self.mms_pool_factor < 1
         ):
             raise MMRConfigError(f"--mms_pool_factor must be an integer >= 1, got {self.mms_pool_factor!r}")
-        for name in ("mms_warmup_steps", "mms_anneal_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise MMRConfigError(f"--{name} must be an integer >= 0, got {value!r}")
+        if isinstance(self.mms_warmup_steps, bool) or not isinstance(self.mms_warmup_steps, int) or (
+            self.mms_warmup_steps < 0
+        ):
+            raise MMRConfigError(f"--mms_warmup_steps must be an integer >= 0, got {self.mms_warmup_steps!r}")
+        anneal = self.mms_anneal_epochs
+        if isinstance(anneal, bool) or not isinstance(anneal, (int, float)) or not (math.isfinite(anneal) and anneal >= 0):
+            raise MMRConfigError(f"--mms_anneal_epochs must be a number >= 0, got {anneal!r}")
         for name in ("mms_keep_quantile", "mms_keep_fraction"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):

@@ -22,10 +22,12 @@ from .recovery import NonFiniteLossError, last_complete_checkpoint, mark_complet
 from .sampling import (
     INDEX_KEY,
     CachedMarginSampler,
+    EpochPlan,
     IndexCollator,
     IndexedDataset,
     MarginCache,
     lowest,
+    plan_epochs,
     pool_size_to_select,
     take_rows,
 )
@@ -58,9 +60,6 @@ CARD_FORMULAS = {
     "margin": "= R / mean_i m_i (m_i: distance of h_i to the nearest decision boundaries of its predicted class)",
 }
 
-# Saved in every checkpoint folder in cached mode: the MMS cache and the current epoch's frozen scores.
-MMS_STATE_NAME = "mms_state.pt"
-
 
 def logits_of(outputs: Any) -> torch.Tensor:
     """The logits of a model output: a ``ModelOutput``/dict, a ``(loss, logits, ...)`` tuple or a tensor."""
@@ -80,7 +79,7 @@ class MMRTrainer(Trainer):
     ``mmr/radius``, ``mmr/lambda``, ``mms/mean`` and its quantiles ``mms/p10``, ``mms/p50``,
     ``mms/p90``; with MMS sampling also ``mms/selected_mean``, ``mms/pool_mean``,
     ``mms/misclassified_selected``, ``mms/scoring_time_share`` (select) or ``mms/kept_fraction``
-    and ``mms/skipped_per_pass`` (cached). With ``mmr_lambda == 0`` and ``mms_selection == "none"``
+    and ``mms/steps_saved`` (cached). With ``mmr_lambda == 0`` and ``mms_selection == "none"``
     the training is exactly that of ``Trainer``.
 
     Every evaluation also reports the margins of the evaluation set, from the features of its
@@ -100,6 +99,7 @@ class MMRTrainer(Trainer):
         self._window: dict[str, list] = {}  # name -> [sum, count] over the current logging window
         self._cache: MarginCache | None = None
         self._sampler: CachedMarginSampler | None = None
+        self._plan: EpochPlan | None = None  # cached mode: the epochs of the current run
         self._last_step_start: float | None = None
         self._loss_is_batch_mean: bool | None = None  # see _mean_factor
         self._eval_parts: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (MMS, ||h||) per eval batch
@@ -150,7 +150,8 @@ class MMRTrainer(Trainer):
                 weighted = self._cache is not None and indices is not None
                 if weighted:
                     self._remember_scores(indices, mms)
-                    loss = self._weighted_loss(logits, labels, indices, num_items_in_batch)
+                    loss = self._cache.weighted_loss(logits, labels, indices, self.args.label_smoothing_factor)
+                    loss = loss * self._sum_scale(labels.shape[0], num_items_in_batch)
                 term = self._margin_term(features, logits, labels)
                 if term is not None:
                     if weighted:
@@ -235,16 +236,6 @@ class MMRTrainer(Trainer):
             raw, loss = raw.detach(), loss.detach()
             return torch.where(raw != 0, loss / raw, torch.ones_like(loss))
         return labels.shape[0] * self._sum_scale(labels.shape[0], num_items_in_batch)
-
-    def _weighted_loss(
-        self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, num_items_in_batch: Any
-    ) -> torch.Tensor:
-        """Cached mode: cross-entropy with the epoch's per-example weights (1, or 1/p for sampled large-MMS ones)."""
-        weights = self._cache.weights.to(logits.device)[indices.to(logits.device)]
-        losses = F.cross_entropy(
-            logits.float(), labels, reduction="none", label_smoothing=self.args.label_smoothing_factor
-        )
-        return (weights * losses).sum() * self._sum_scale(labels.shape[0], num_items_in_batch)
 
     def _sum_scale(self, batch_size: int, num_items_in_batch: torch.Tensor | int | None) -> Any:
         """Factor that turns a sum over this micro-batch into a mean over the accumulated (global) batch.
@@ -353,24 +344,61 @@ class MMRTrainer(Trainer):
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         if self.args.mms_selection != "cached":
             return super()._get_train_sampler(train_dataset)
-        self._sampler = CachedMarginSampler(
-            self._margin_cache(),
-            self.args.mms_keep_quantile,
-            self.args.mms_keep_fraction,
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            selecting=self._cached_epoch_selects,
-        )
-        return self._sampler
-
-    def _margin_cache(self) -> MarginCache:
         if self._cache is None or self._cache.scores.numel() != len(self.train_dataset):
             self._cache = MarginCache(len(self.train_dataset))
-        return self._cache
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        self._sampler = CachedMarginSampler(self._cache, self.args.mms_keep_quantile, self.args.mms_keep_fraction, seed)
+        return self._sampler
 
-    def _cached_epoch_selects(self, epoch: int) -> bool:
-        """An epoch samples by cached MMS after the warm-up steps and before the anneal epochs."""
-        last_selective = int(self.state.num_train_epochs) - self.args.mms_anneal_epochs
-        return self.state.global_step >= self.args.mms_warmup_steps and epoch < last_selective
+    # ------------------------------------------------------------------ cached mode: epochs of known length
+    def set_initial_training_values(self, args: MMRTrainingArguments, dataloader: Any) -> tuple:
+        """Cached mode: plan every epoch's length first, so that ``max_steps`` and the schedule count them."""
+        values = super().set_initial_training_values(args, dataloader)
+        if self._sampler is None or args.mms_selection != "cached":
+            self._plan = None
+            return values
+        _, _, num_examples, _, total_batch_size, _, _ = values
+
+        def batches_of(epoch: int, prunable: float) -> int:
+            self._sampler.prunable = [0.0] * epoch + [prunable]
+            self._sampler.set_epoch(epoch)
+            return len(dataloader)  # the DataLoader's own count, sharding and drop_last included
+
+        plan = plan_epochs(
+            args.num_train_epochs,
+            args.max_steps,
+            args.mms_warmup_steps,
+            args.mms_anneal_epochs,
+            args.gradient_accumulation_steps,
+            batches_of,
+        )
+        self._sampler.prunable = plan.prunable
+        self._sampler.set_epoch(0)
+        self._plan = plan
+        num_train_samples = sum(plan.batches) * total_batch_size // args.gradient_accumulation_steps
+        return (len(plan.steps), plan.steps[0], num_examples, num_train_samples, total_batch_size, plan.batches[0],
+                plan.max_steps)
+
+    def _init_training_state(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        """Where a resumed cached-mode run stands, counted in its own epochs (they differ in length)."""
+        epochs_trained, steps_trained = super()._init_training_state(*args, **kwargs)
+        if self._plan is not None and self.state.global_step > 0:
+            epochs_trained, steps_done = self._plan.epoch_at(self.state.global_step)
+            steps_trained = 0 if self.args.ignore_data_skip else steps_done * self.args.gradient_accumulation_steps
+            saved, planned = self._cache.plan_batches, self._plan.batches[: epochs_trained + 1]
+            if saved is not None and saved[: epochs_trained + 1] != planned:
+                raise MMRConfigError(
+                    f"the checkpoint's cached-mode epochs had {saved[: epochs_trained + 1]} batches per process, this "
+                    f"run plans {planned}: resume with the same data, batch size, number of processes and mms_* "
+                    "settings"
+                )
+        return epochs_trained, steps_trained
+
+    def _run_epoch(self, *args: Any, epoch: int, **kwargs: Any) -> Any:
+        """One epoch; in cached mode with its own number of batches and optimizer steps."""
+        if self._plan is not None:
+            kwargs.update(steps_in_epoch=self._plan.batches[epoch], num_update_steps_per_epoch=self._plan.steps[epoch])
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
     def _remember_scores(self, indices: torch.Tensor, mms: torch.Tensor) -> None:
         if self.args.world_size > 1:
@@ -488,9 +516,9 @@ class MMRTrainer(Trainer):
             if self.args.world_size > 1:
                 means = self.accelerator.reduce(means.to(self.args.device), reduction="mean").cpu()
             logs.update({name: round(float(value), 6) for name, value in zip(names, means.tolist())})
-            if self._sampler is not None:  # fixed for the whole epoch: read, not averaged
+            if self._plan is not None:  # fixed for the whole epoch: read, not averaged
                 logs["mms/kept_fraction"] = round(self._sampler.kept_fraction, 6)
-                logs["mms/skipped_per_pass"] = self._sampler.skipped
+                logs["mms/steps_saved"] = self._plan.steps_saved(self.state.global_step - 1)
             if "time/scoring" in timing and "time/step" in timing:
                 logs["mms/scoring_time_share"] = round(timing["time/scoring"][0] / timing["time/step"][0], 4)
             self._window = {}
@@ -524,6 +552,8 @@ class MMRTrainer(Trainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
+        if not resume_from_checkpoint:
+            self._cache = None  # a fresh run starts from unscored examples
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
@@ -534,14 +564,15 @@ class MMRTrainer(Trainer):
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             if self._cache is not None:
-                torch.save(self._cache.state_dict(), os.path.join(folder, MMS_STATE_NAME))
+                self._cache.save(folder, self._plan.batches if self._plan is not None else [])
             mark_complete(folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, MMS_STATE_NAME)
-        if model is None and self.args.mms_selection == "cached" and os.path.isfile(path):
-            self._margin_cache().load_state_dict(torch.load(path, weights_only=True))
+        if model is None and self.args.mms_selection == "cached":
+            if self._cache is None or self._cache.scores.numel() != len(self.train_dataset):
+                self._cache = MarginCache(len(self.train_dataset))
+            self._cache.load(resume_from_checkpoint)
 
 
 def _check_single_label(model: nn.Module) -> None:

@@ -10,8 +10,16 @@ import torch
 from conftest import tiny_model
 from test_trainer import NO_DROPOUT, synthetic_dataset
 
-from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, minimal_margin_scores
-from hf_mmr.sampling import INDEX_KEY, CachedMarginSampler, MarginCache, keep_rule, pool_size_to_select
+from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, minimal_margin_scores, sampling
+from hf_mmr.sampling import (
+    INDEX_KEY,
+    CachedMarginSampler,
+    MarginCache,
+    plan_epochs,
+    pool_size_to_select,
+    prune_epoch,
+    pruned_length,
+)
 
 
 class RecordingTrainer(MMRTrainer):
@@ -123,93 +131,185 @@ def test_resume_mid_epoch_reproduces_batches_and_weights(tmp_path, mode):
     full = make_trainer(tmp_path / "full", mode, n=32, **common)
     full.train()
     resumed = make_trainer(tmp_path / "full", mode, n=32, model=tiny_model("bert", num_labels=3, seed=9), **common)
-    checkpoint = os.path.join(tmp_path, "full", "checkpoint-5")
-    resumed.train(resume_from_checkpoint=checkpoint)
-    # Step 5 is mid-epoch in every mode (select: 2 steps per epoch of 32 / 16; others: 8).
-    assert resumed.trained == full.trained[5:]
+    # Mid-epoch in every mode: select has 2 steps per epoch (32 / 16), none 8; cached has epochs of 8, 6
+    # (pruned: 16 kept + 8 of the other 16) and 8 steps, and step 10 is inside the pruned one.
+    step = 10 if mode == "cached" else 5
+    resumed.train(resume_from_checkpoint=os.path.join(tmp_path, "full", f"checkpoint-{step}"))
+    assert resumed.trained == full.trained[step:]
+    if mode == "cached":
+        assert full._plan.steps == [8, 6, 8]
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
 
 
-def test_cached_epochs_follow_the_keep_rule(tmp_path):
-    trainer = make_trainer(
-        tmp_path, "cached", n=40, num_train_epochs=4, mms_anneal_epochs=1, mms_keep_quantile=0.25, mms_keep_fraction=0.2
+class EpochLengths(RecordingTrainer):
+    """Also records, at each epoch's start, the DataLoader's length and the learning rate of every step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dataloader_lengths, self.learning_rates = [], []
+
+    def _run_epoch(self, *args, train_dataloader, epoch, **kwargs):
+        self._sampler.set_epoch(epoch)
+        self.dataloader_lengths.append(len(train_dataloader))
+        return super()._run_epoch(*args, train_dataloader=train_dataloader, epoch=epoch, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.learning_rates.append(self.lr_scheduler.get_last_lr()[0])
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def cached_run(tmp_path, **kwargs):
+    settings = {"n": 40, "num_train_epochs": 3, "mms_keep_quantile": 0.25, "mms_keep_fraction": 0.2}
+    settings.update(kwargs)
+    n = settings.pop("n")
+    args = MMRTrainingArguments(
+        output_dir=str(tmp_path),
+        **{
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1e-3,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            "seed": 3,
+            "disable_tqdm": True,
+            "mms_selection": "cached",
+            **settings,
+        },
     )
+    trainer = EpochLengths(model=tiny_model("bert", 3, 1), args=args, train_dataset=synthetic_dataset(n=n, length=10))
     trainer.train()
-    per_epoch = [list(itertools.chain.from_iterable(trainer.trained[10 * e : 10 * (e + 1)])) for e in range(4)]
-    assert all(len(epoch) == 40 for epoch in per_epoch)  # an epoch still draws N examples
-    assert sorted(per_epoch[0]) == list(range(40)) and sorted(per_epoch[3]) == list(range(40))  # uniform, anneal
-    kept = [e["mms/kept_fraction"] for e in trainer.state.log_history if "mms/kept_fraction" in e]
-    assert kept[0] == 1.0 and kept[-1] == 1.0
-    assert min(kept) == pytest.approx(0.25 + 0.75 * 0.2, abs=0.15)
-    skipped = [e["mms/skipped_per_pass"] for e in trainer.state.log_history if "mms/skipped_per_pass" in e]
-    assert skipped[0] == 0 and max(skipped) > 0
-    # Selective epochs favour small cached MMS: repeats come from below the quantile.
-    assert len(set(per_epoch[1])) < 40
+    return trainer
 
 
-def test_keep_rule_is_unbiased():
+def test_cached_epochs_are_pruned_and_the_schedule_counts_them(tmp_path):
+    """3 epochs of 40 examples, batch 4, accumulation 2: full (5 steps), pruned, full anneal (5 steps)."""
+    trainer = cached_run(tmp_path, gradient_accumulation_steps=2, warmup_steps=0.2)
+    kept = pruned_length(40, 0.25, 0.2, 1.0)
+    assert kept == 10 + round(0.2 * 30) == 16
+    assert trainer.dataloader_lengths == [10, kept // 4, 10]  # what the Trainer iterated, epoch by epoch
+    plan = trainer._plan
+    assert plan.batches == trainer.dataloader_lengths and plan.steps == [5, 2, 5]
+    assert trainer.state.global_step == trainer.state.max_steps == sum(plan.steps) == 12
+    per_epoch = [list(itertools.chain.from_iterable(trainer.trained[a:b])) for a, b in ((0, 10), (10, 14), (14, 24))]
+    assert sorted(per_epoch[0]) == sorted(per_epoch[2]) == list(range(40)) and len(set(per_epoch[1])) == 16
+    # The linear schedule warms up over 20 % of the 12 real steps and reaches 0 exactly after the last.
+    rates = trainer.learning_rates[::2]  # one per optimizer step
+    assert len(rates) == 12 and rates[:4] == pytest.approx([0, 1e-3 / 3, 2e-3 / 3, 1e-3])  # ceil(0.2 * 12) = 3
+    assert rates[-1] == pytest.approx(1e-3 / 9) and trainer.lr_scheduler.get_last_lr()[0] == 0.0
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["epoch"] for e in logs][4:7] == pytest.approx([1.0, 1.5, 2.0])  # the short epoch counts as one
+    assert [e["mms/kept_fraction"] for e in logs][4:8] == [1.0, 0.4, 0.4, 1.0]
+    assert logs[-1]["mms/steps_saved"] == 3 and trainer.state.num_train_epochs == 3
+
+
+def test_fractional_anneal_keeps_the_end_of_the_last_epoch_whole(tmp_path):
+    trainer = cached_run(tmp_path, num_train_epochs=2, mms_anneal_epochs=0.5)
+    assert trainer._plan.prunable == [0.0, 0.5]
+    second = list(itertools.chain.from_iterable(trainer.trained[10:]))
+    assert len(second) == pruned_length(40, 0.25, 0.2, 0.5) == 20 + 5 + 3
+    assert sorted(second[-20:]) != sorted(second[:20])  # the last 20 are a uniform half, the rest pruned
+    assert len(set(second[-20:])) == 20 and not set(second[-20:]) & set(second[:-20])
+
+
+def test_user_max_steps_wins_and_epochs_follow_until_it(tmp_path):
+    trainer = cached_run(tmp_path, max_steps=25, mms_anneal_epochs=0)
+    # Epoch lengths 10, 4, 4, 4, 4: five epochs reach 25 steps (the last one is cut after 3 of its 4).
+    assert trainer._plan.steps == [10, 4, 4, 4, 4] and trainer.state.global_step == 25
+    assert trainer.dataloader_lengths == [10, 4, 4, 4, 4]
+
+
+def test_warmup_steps_keep_the_epochs_they_touch_full(tmp_path):
+    trainer = cached_run(tmp_path, num_train_epochs=4, mms_anneal_epochs=0, mms_warmup_steps=11)
+    assert trainer._plan.prunable == [0.0, 0.0, 1.0, 1.0]  # epoch 2 starts at step 10 < 11
+
+
+def test_plan_of_a_fractional_run():
+    plan = plan_epochs(2.5, -1, 0, 1.0, 1, lambda epoch, prunable: round(10 * (1 - 0.6 * prunable)))
+    # Anneal window [1.5, 2.5): epoch 1's second half and all of epoch 2.
+    assert plan.prunable == [0.0, 0.5, 0.0] and plan.steps == [10, 7, 10] and plan.max_steps == 10 + 7 + 5
+    assert plan.epoch_at(0) == (0, 0) and plan.epoch_at(12) == (1, 2) and plan.epoch_at(17) == (2, 0)
+
+
+def test_pruned_epoch_is_unbiased_and_keeps_exactly_its_planned_count():
     generator = torch.Generator().manual_seed(0)
     scores = torch.cat([torch.rand(30), torch.full((5,), float("nan"))])  # 5 never scored
     losses = torch.rand(35) * 3
     draws = 20000
     total = torch.zeros(())
     for _ in range(draws):
-        keep, weights = keep_rule(scores, 0.3, 0.25, generator)
-        total += (keep * weights * losses).sum()
+        order, weights = prune_epoch(scores, 0.3, 0.25, 1.0, generator)
+        assert len(order) == pruned_length(35, 0.3, 0.25, 1.0) == 10 + 6 and (weights[order] > 0).all()
+        total += (weights * losses).sum()
     assert (total / draws).item() == pytest.approx(losses.sum().item(), rel=0.01)
-    keep, weights = keep_rule(scores, 0.3, 0.25, generator)
-    assert keep[30:].all() and (weights[30:] == 1).all()  # never scored: always kept, weight 1
-    below = scores[:30] < torch.quantile(scores[:30], 0.3)
-    assert keep[:30][below].all() and (weights[:30][below] == 1).all()
-    assert (weights[:30][~below] == 4).all()
+    order, weights = prune_epoch(scores, 0.3, 0.25, 1.0, generator)
+    lowest = set(torch.argsort(scores.nan_to_num(-1.0))[:10].tolist())
+    assert lowest <= set(order.tolist()) and (weights[list(lowest)] == 1).all()  # never scored rank first
+    assert lowest >= set(range(30, 35))
+    assert sorted(set(weights.tolist())) == pytest.approx([0.0, 1.0, 25 / 6])  # 6 of the other 25, weight H / k
 
 
 def test_no_example_starves_without_annealing():
     cache = MarginCache(20)
     cache.scores = torch.linspace(0, 1, 20)
-    sampler = CachedMarginSampler(cache, quantile=0.1, fraction=0.1, seed=0, selecting=lambda epoch: True)
+    sampler = CachedMarginSampler(cache, quantile=0.1, fraction=0.1, seed=0)
+    sampler.prunable = [1.0] * 100
     seen = set()
-    for epoch in range(30):
+    for epoch in range(100):
         sampler.set_epoch(epoch)
         seen.update(iter(sampler))
     assert seen == set(range(20))
 
 
-def test_cached_weights_reach_the_loss_with_accumulation(tmp_path):
-    """One optimizer step over the same 8 examples: batch 8 vs 2 x 4 accumulated give the same update."""
-    results = []
-    for batch, accumulation in ((8, 1), (4, 2)):
-        trainer = make_trainer(
-            tmp_path / str(batch),
-            "cached",
-            n=8,
-            max_steps=1,
-            per_device_train_batch_size=batch,
-            gradient_accumulation_steps=accumulation,
-            model=tiny_model("bert", 3, 1, **NO_DROPOUT),
-        )
-        trainer._margin_cache().weights = torch.linspace(0.5, 2.0, 8)  # as if planned by a selective epoch
-        trainer._cached_epoch_selects = lambda epoch: False
-        original = trainer._get_train_sampler
+def fixed_weights_trainer(tmp_path, monkeypatch, weights, batch=8, accumulation=1):
+    """One optimizer step over the same 8 examples, with the epoch's loss weights forced to ``weights``."""
+    trainer = make_trainer(
+        tmp_path,
+        "cached",
+        n=8,
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        model=tiny_model("bert", 3, 1, **NO_DROPOUT),
+    )
+    plan = sampling.prune_epoch
+    monkeypatch.setattr(sampling, "prune_epoch", lambda *args: (plan(*args)[0], weights.clone()))
+    losses = []
+    compute_loss = trainer.compute_loss
 
-        def keep_weights(dataset=None, original=original, trainer=trainer):
-            sampler = original(dataset)
-            weights = trainer._cache.weights.clone()
-            iterate = sampler.__iter__
+    def recording(model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        losses.append(loss.detach())
+        return loss
 
-            def planned():
-                for index in iterate():
-                    trainer._cache.weights = weights
-                    yield index
+    trainer.compute_loss = recording
+    trainer.train()
+    monkeypatch.setattr(sampling, "prune_epoch", plan)
+    return trainer, losses
 
-            sampler.__iter__ = planned
-            return sampler
 
-        trainer._get_train_sampler = keep_weights
-        trainer.train()
-        results.append(trainer.model.classifier.weight.detach().clone())
-    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+def test_cached_loss_is_the_weighted_mean_of_the_per_example_losses(tmp_path, monkeypatch):
+    """loss = sum_i w_i CE_i / batch size, by hand on the same batch with the initial model."""
+    weights = torch.tensor([0.5, 2.0, 1.0, 0.0, 3.0, 1.0, 0.25, 1.5])
+    trainer, (loss,) = fixed_weights_trainer(tmp_path / "w", monkeypatch, weights)
+    model = tiny_model("bert", 3, 1, **NO_DROPOUT)
+    data = synthetic_dataset(n=8, length=10)
+    with torch.no_grad():
+        logits = model(input_ids=torch.stack([d["input_ids"] for d in data])).logits
+    per_example = torch.nn.functional.cross_entropy(logits, torch.stack([d["labels"] for d in data]), reduction="none")
+    assert loss.item() == pytest.approx((weights * per_example).sum().item() / 8, rel=1e-5)
+    assert loss.item() != pytest.approx(per_example.mean().item(), rel=1e-3)  # the weights are not ignored
+    # Zeroing one example's weight changes the update.
+    zeroed, _ = fixed_weights_trainer(tmp_path / "z", monkeypatch, torch.where(torch.arange(8) == 1, 0.0, weights))
+    assert not torch.allclose(trainer.model.classifier.weight, zeroed.model.classifier.weight)
+
+
+def test_cached_weights_with_accumulation_give_the_full_batch_update(tmp_path, monkeypatch):
+    """Batch 8 and 2 x 4 accumulated, under the same non-uniform weights, make the same step."""
+    weights = torch.linspace(0.5, 2.0, 8)
+    single, _ = fixed_weights_trainer(tmp_path / "8", monkeypatch, weights)
+    accumulated, _ = fixed_weights_trainer(tmp_path / "4", monkeypatch, weights, batch=4, accumulation=2)
+    torch.testing.assert_close(single.model.classifier.weight, accumulated.model.classifier.weight, rtol=1e-5, atol=1e-6)
 
 
 def test_pool_split_rounds_to_equal_shares():
