@@ -9,7 +9,8 @@ from common import bounded, task_splits, paired_difference, run_once
 from conftest import GLUE_DIR
 import glue_table
 from glue_table import pick, setting_name
-from time_to_accuracy import summarize
+import time_to_accuracy
+from time_to_accuracy import CACHED_GRID, cached_name, choose_cached, summarize
 
 
 def test_paired_difference_is_the_t_interval_of_the_seedwise_differences():
@@ -131,3 +132,49 @@ def test_time_to_target_compares_first_arrivals_with_uniforms_own():
     assert result["cached"]["seconds_per_step_ratio"] == pytest.approx(1.2)
     assert result["select"]["reached"] == "0/1" and result["select"]["median_steps_ratio"] is None
     assert result["select"]["seconds_per_step_ratio"] == pytest.approx(3.0)
+    assert result["cached"]["total_seconds_ratio"]["median"] == pytest.approx(1.2)
+    assert result["cached"]["difference"]["mean"] == pytest.approx(0.01)
+
+
+def test_cached_setting_is_the_fastest_one_that_matches_uniform_on_heldout():
+    uniform = {"final": {"eval_accuracy": 0.90}, "steps": 300}
+    grid = {cached_name(s): {"final": {"eval_accuracy": 0.85}, "steps": 150} for s in CACHED_GRID}
+    slow, fast = cached_name(CACHED_GRID[-1]), cached_name(CACHED_GRID[1])
+    grid[slow] = {"final": {"eval_accuracy": 0.899}, "steps": 250}
+    grid[fast] = {"final": {"eval_accuracy": 0.898}, "steps": 200}
+    assert choose_cached(grid, uniform) == CACHED_GRID[1]  # both within 0.3 points: the fewer steps
+    grid[fast]["final"]["eval_accuracy"] = 0.89
+    assert choose_cached(grid, uniform) == CACHED_GRID[-1]
+    grid[slow]["final"]["eval_accuracy"] = 0.80
+    best = choose_cached(grid, uniform)  # none matches: the most accurate
+    assert grid[cached_name(best)]["final"]["eval_accuracy"] == 0.89
+
+
+def test_selection_study_runs_heldout_grid_then_interleaved_arms(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(path, task, train, evaluation, training, **labels):
+        calls.append((os.path.basename(path), training))
+        steps = training.get("max_steps", 10)
+        curve = [{"step": steps, "train_seconds": float(steps), "eval_accuracy": 0.8}]
+        return {"final": curve[-1], "curve": curve, "steps": steps, "train_seconds": float(steps)}
+
+    monkeypatch.setattr(time_to_accuracy, "fine_tune_once", fake)
+    monkeypatch.setattr(time_to_accuracy, "task_splits", lambda *args, **kwargs: ([0] * 64, [0] * 8))
+    options = argparse.Namespace(
+        out=str(tmp_path), seeds=[42, 43], select_seeds=[42], select_tasks=["sst2"], heldout_fraction=0.2,
+        batch_size=32, learning_rate=1e-4, glue_dir="", evaluations=3,
+        arms=["uniform", "cached", "select_r2", "select_r10"],
+    )
+    summary = time_to_accuracy.run_task(options, "sst2")
+    names = [name for name, _ in calls]
+    assert names[0] == "heldout_uniform_seed42.json" and len(names) == 1 + len(CACHED_GRID) + 4 + 2
+    assert all(training["eval_steps"] == 10**9 for name, training in calls if name.startswith("heldout"))
+    chosen = cached_name(summary["cached_setting"])
+    assert names[1 + len(CACHED_GRID) :] == [
+        "uniform_seed42.json", f"{chosen}_seed42.json", "select_r2_seed42.json", "select_r10_seed42.json",
+        "uniform_seed43.json", f"{chosen}_seed43.json",
+    ]
+    select = dict(calls)["select_r10_seed42.json"]
+    assert select["max_steps"] == 6 and select["mms_pool_factor"] == 10 and select["eval_steps"] == 2
+    assert set(summary["arms"]) == {"uniform", "cached", "select_r2", "select_r10"}

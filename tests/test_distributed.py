@@ -69,6 +69,24 @@ def test_logged_diagnostics_are_global(select_records):
             assert a[key] == pytest.approx(b[key], rel=1e-6), key
 
 
+def test_cached_epochs_on_two_processes_with_accumulation(tmp_path):
+    """80 examples, 2 processes x batch 4, accumulation 2: epochs of 10, 4 and 10 batches per process."""
+    result = launch(os.path.join(HERE, "distributed", "cached_worker.py"), str(tmp_path))
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    for record in (rank0, rank1):
+        # Kept per pruned epoch: 20 lowest + round(0.2 x 60) = 32 examples = 4 batches of 8 (2 processes x 4).
+        assert record["dataloader_lengths"] == record["plan_batches"] == [10, 4, 10]
+        assert record["plan_steps"] == [5, 2, 5]
+        assert record["global_step"] == record["max_steps"] == 12 and record["last_lr"] == 0.0
+        assert record["cache_scored"] == 80  # each process's cache holds the scores of both
+    for epoch_start, epoch_end in ((0, 10), (10, 14), (14, 24)):
+        mine = [i for batch in rank0["trained"][epoch_start:epoch_end] for i in batch]
+        theirs = [i for batch in rank1["trained"][epoch_start:epoch_end] for i in batch]
+        assert not set(mine) & set(theirs)  # the processes share each epoch's examples out
+        assert len(mine) + len(theirs) == (32 if epoch_start == 10 else 80)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["select", "cached"])
 def test_run_glue_on_two_processes(glue_dir, tmp_path, mode):
