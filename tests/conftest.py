@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models built from configs (no download) and the real GLUE directory."""
+"""Shared helpers: tiny models built from configs (no download), synthetic data, one trainer factory, real GLUE."""
 
 from __future__ import annotations
 
@@ -60,3 +60,43 @@ def glue_dir() -> str:
     if not os.path.isdir(os.path.join(GLUE_DIR, "MRPC")):
         pytest.fail(f"real GLUE data not found in {GLUE_DIR}: set GLUE_DIR to the folder holding MRPC/, RTE/, ...")
     return GLUE_DIR
+
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+# What every unit test's trainer shares: a fast, quiet run that saves nothing.
+QUIET = {
+    "learning_rate": 1e-3,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": "none",
+    "disable_tqdm": True,
+}
+
+
+def synthetic_dataset(n=32, num_labels=3, length=12, seed=0):
+    """``n`` random token sequences of one length with random labels (unit tests only)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (n, length), generator=g)
+    labels = torch.randint(0, num_labels, (n,), generator=g)
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(length, dtype=torch.long), "labels": labels[i]}
+        for i in range(n)
+    ]
+
+
+def make_trainer(tmp_path, model=None, dataset=None, trainer_cls=None, args_cls=None, **settings):
+    """A trainer (``MMRTrainer`` by default) over a tiny BERT and synthetic data, not yet trained."""
+    from hf_mmr import MMRTrainer, MMRTrainingArguments
+
+    args = (args_cls or MMRTrainingArguments)(output_dir=str(tmp_path), **{**QUIET, **settings})
+    model = model if model is not None else tiny_model("bert", num_labels=3, seed=1)
+    num_labels = getattr(getattr(model, "config", None), "num_labels", 3)
+    return (trainer_cls or MMRTrainer)(
+        model=model, args=args, train_dataset=dataset if dataset is not None else synthetic_dataset(num_labels=num_labels)
+    )
+
+
+def step_logs(trainer):
+    """The training-step entries of the log history."""
+    return [entry for entry in trainer.state.log_history if "loss" in entry]

@@ -7,33 +7,18 @@ import pathlib
 import pytest
 import torch
 import transformers.trainer
-from conftest import available_model_types, tiny_model
-from test_trainer import NO_DROPOUT, synthetic_dataset
+from conftest import NO_DROPOUT, available_model_types, make_trainer, step_logs, synthetic_dataset, tiny_model
 from torch import nn
 
-from hf_mmr import MMRTrainer, MMRTrainingArguments, find_classifier_head
+from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, find_classifier_head
 
 
 def run(tmp_path, model, steps=2, dataset=None, **kwargs):
-    settings = {
-        "per_device_train_batch_size": 4,
-        "max_steps": steps,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-        "mmr_lambda": 0.1,
-    }
-    args = MMRTrainingArguments(output_dir=str(tmp_path), **{**settings, **kwargs})
-    trainer = MMRTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset
-        or synthetic_dataset(n=16, num_labels=getattr(getattr(model, "config", None), "num_labels", 3)),
-    )
+    settings = {"per_device_train_batch_size": 4, "max_steps": steps, "mmr_lambda": 0.1, **kwargs}
+    num_labels = getattr(getattr(model, "config", None), "num_labels", 3)
+    trainer = make_trainer(tmp_path, model, dataset or synthetic_dataset(n=16, num_labels=num_labels), **settings)
     trainer.train()
-    return trainer, [entry for entry in trainer.state.log_history if "loss" in entry]
+    return trainer, step_logs(trainer)
 
 
 @pytest.mark.parametrize("model_type", available_model_types())
@@ -141,5 +126,5 @@ def test_sharded_classifier_weight_stops_with_a_clear_error(tmp_path):
     model.classifier.register_forward_hook(
         lambda module, inputs, output: setattr(module, "weight", nn.Parameter(torch.empty(0)))
     )
-    with pytest.raises(Exception, match="sharded .*ZeRO stage 2"):
+    with pytest.raises(MMRConfigError, match="sharded .*use ZeRO stage 2"):
         trainer.train()

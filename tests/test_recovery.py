@@ -10,8 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_model
-from test_trainer import synthetic_dataset
+from conftest import make_trainer, step_logs, synthetic_dataset, tiny_model
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.recovery import COMPLETE_MARKER, NonFiniteLossError, last_complete_checkpoint
@@ -20,18 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def two_steps(tmp_path, model, dataset=None, **kwargs):
-    settings = {
-        "per_device_train_batch_size": 8,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-        "mmr_lambda": 0.5,
-    }
-    args = MMRTrainingArguments(output_dir=str(tmp_path), **{**settings, **kwargs})
-    trainer = MMRTrainer(model=model, args=args, train_dataset=dataset or synthetic_dataset(n=16))
+    settings = {"per_device_train_batch_size": 8, "max_steps": 2, "mmr_lambda": 0.5, **kwargs}
+    trainer = make_trainer(tmp_path, model, dataset or synthetic_dataset(n=16), **settings)
     trainer.train()
     return trainer
 

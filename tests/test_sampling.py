@@ -7,8 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_model
-from test_trainer import NO_DROPOUT, synthetic_dataset
+from conftest import NO_DROPOUT, make_trainer, synthetic_dataset, tiny_model
 
 from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, minimal_margin_scores, sampling
 from hf_mmr.sampling import (
@@ -39,25 +38,10 @@ class RecordingTrainer(MMRTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-def make_trainer(tmp_path, mode, n=48, model=None, dataset=None, **kwargs):
-    settings = {
-        "per_device_train_batch_size": 4,
-        "num_train_epochs": 3,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": 3,
-        "disable_tqdm": True,
-        "mms_selection": mode,
-        "mms_pool_factor": 4,
-    }
-    args = MMRTrainingArguments(output_dir=str(tmp_path), **{**settings, **kwargs})
-    return RecordingTrainer(
-        model=model or tiny_model("bert", num_labels=3, seed=1),
-        args=args,
-        train_dataset=dataset or synthetic_dataset(n=n, length=10),
-    )
+def recording_trainer(tmp_path, mode, n=48, model=None, dataset=None, **kwargs):
+    settings = {"per_device_train_batch_size": 4, "num_train_epochs": 3, "seed": 3, "mms_pool_factor": 4, **kwargs}
+    dataset = dataset or synthetic_dataset(n=n, length=10)
+    return make_trainer(tmp_path, model, dataset, RecordingTrainer, mms_selection=mode, **settings)
 
 
 def brute_force_scores(model, dataset, indices):
@@ -79,7 +63,7 @@ def test_select_trains_on_the_pool_lowest_mms(tmp_path):
         item["attention_mask"][10 - i % 5 :] = 0
     model = tiny_model("bert", num_labels=3, seed=1)
     initial = copy.deepcopy(model)
-    trainer = make_trainer(tmp_path, "select", model=model, dataset=dataset, max_steps=1, mmr_lambda=0.1)
+    trainer = recording_trainer(tmp_path, "select", model=model, dataset=dataset, max_steps=1, mmr_lambda=0.1)
     trainer.train()
     (pool,), (trained,) = trainer.pools, trainer.trained
     assert len(pool) == 16 and len(trained) == 4
@@ -93,7 +77,7 @@ def test_select_trains_on_the_pool_lowest_mms(tmp_path):
 
 
 def test_select_epoch_is_one_pass_over_pools(tmp_path):
-    trainer = make_trainer(tmp_path, "select", num_train_epochs=2)
+    trainer = recording_trainer(tmp_path, "select", num_train_epochs=2)
     trainer.train()
     assert trainer.state.global_step == 2 * 48 // 16
     for epoch in range(2):
@@ -103,7 +87,7 @@ def test_select_epoch_is_one_pass_over_pools(tmp_path):
 
 
 def test_select_warmup_trains_uniformly(tmp_path):
-    trainer = make_trainer(tmp_path, "select", max_steps=2, mms_warmup_steps=1)
+    trainer = recording_trainer(tmp_path, "select", max_steps=2, mms_warmup_steps=1)
     trainer.train()
     assert trainer.trained[0] == trainer.pools[0][:4]
     logs = [e for e in trainer.state.log_history if "loss" in e]
@@ -112,9 +96,9 @@ def test_select_warmup_trains_uniformly(tmp_path):
 
 @pytest.mark.parametrize("mode", ["select", "cached"])
 def test_same_seed_same_batches(tmp_path, mode):
-    first = make_trainer(tmp_path / "a", mode, max_steps=8)
+    first = recording_trainer(tmp_path / "a", mode, max_steps=8)
     first.train()
-    second = make_trainer(tmp_path / "b", mode, max_steps=8)
+    second = recording_trainer(tmp_path / "b", mode, max_steps=8)
     second.train()
     assert first.trained == second.trained
 
@@ -128,9 +112,9 @@ def test_resume_mid_epoch_reproduces_batches_and_weights(tmp_path, mode):
         "save_steps": 5,
         "mms_anneal_epochs": 1,
     }
-    full = make_trainer(tmp_path / "full", mode, n=32, **common)
+    full = recording_trainer(tmp_path / "full", mode, n=32, **common)
     full.train()
-    resumed = make_trainer(tmp_path / "full", mode, n=32, model=tiny_model("bert", num_labels=3, seed=9), **common)
+    resumed = recording_trainer(tmp_path / "full", mode, n=32, model=tiny_model("bert", num_labels=3, seed=9), **common)
     # Mid-epoch in every mode: select has 2 steps per epoch (32 / 16), none 8; cached has epochs of 8, 6
     # (pruned: 16 kept + 8 of the other 16) and 8 steps, and step 10 is inside the pruned one.
     step = 10 if mode == "cached" else 5
@@ -160,24 +144,11 @@ class EpochLengths(RecordingTrainer):
 
 
 def cached_run(tmp_path, **kwargs):
-    settings = {"n": 40, "num_train_epochs": 3, "mms_keep_quantile": 0.25, "mms_keep_fraction": 0.2}
-    settings.update(kwargs)
-    n = settings.pop("n")
-    args = MMRTrainingArguments(
-        output_dir=str(tmp_path),
-        **{
-            "per_device_train_batch_size": 4,
-            "learning_rate": 1e-3,
-            "logging_steps": 1,
-            "save_strategy": "no",
-            "report_to": "none",
-            "seed": 3,
-            "disable_tqdm": True,
-            "mms_selection": "cached",
-            **settings,
-        },
+    settings = {"n": 40, "num_train_epochs": 3, "mms_keep_quantile": 0.25, "mms_keep_fraction": 0.2, **kwargs}
+    dataset = synthetic_dataset(n=settings.pop("n"), length=10)
+    trainer = make_trainer(
+        tmp_path, None, dataset, EpochLengths, per_device_train_batch_size=4, seed=3, mms_selection="cached", **settings
     )
-    trainer = EpochLengths(model=tiny_model("bert", 3, 1), args=args, train_dataset=synthetic_dataset(n=n, length=10))
     trainer.train()
     return trainer
 
@@ -263,7 +234,7 @@ def test_no_example_starves_without_annealing():
 
 def fixed_weights_trainer(tmp_path, monkeypatch, weights, batch=8, accumulation=1):
     """One optimizer step over the same 8 examples, with the epoch's loss weights forced to ``weights``."""
-    trainer = make_trainer(
+    trainer = recording_trainer(
         tmp_path,
         "cached",
         n=8,
@@ -336,7 +307,7 @@ def test_invalid_selection_arguments(tmp_path, field, value, message):
 
 
 def test_select_with_dataloader_workers_scores_in_the_main_process(tmp_path):
-    trainer = make_trainer(tmp_path, "select", max_steps=2, dataloader_num_workers=1)
+    trainer = recording_trainer(tmp_path, "select", max_steps=2, dataloader_num_workers=1)
     pids = []
     score = trainer._score_pool
     trainer._score_pool = lambda model, pool: (pids.append(os.getpid()), score(model, pool))[1]
@@ -346,7 +317,7 @@ def test_select_with_dataloader_workers_scores_in_the_main_process(tmp_path):
 
 def test_select_with_gradient_accumulation(tmp_path):
     """Each micro-batch selects from its own pool; the step's item count is that of the trained examples."""
-    trainer = make_trainer(tmp_path, "select", n=64, max_steps=2, gradient_accumulation_steps=2, mmr_lambda=0.1)
+    trainer = recording_trainer(tmp_path, "select", n=64, max_steps=2, gradient_accumulation_steps=2, mmr_lambda=0.1)
     counts = []
     original = trainer._get_num_items_in_batch
 
@@ -366,7 +337,7 @@ def test_select_with_gradient_accumulation(tmp_path):
 @pytest.mark.parametrize("mode", ["select", "cached"])
 def test_evaluation_after_selective_training(tmp_path, mode):
     """Evaluation batches carry no example index and go through the Trainer's own path."""
-    trainer = make_trainer(tmp_path, mode, max_steps=2, mmr_lambda=0.1)
+    trainer = recording_trainer(tmp_path, mode, max_steps=2, mmr_lambda=0.1)
     trainer.train()
     metrics = trainer.evaluate(eval_dataset=synthetic_dataset(n=12, length=10, seed=5))
     assert math.isfinite(metrics["eval_loss"]) and metrics["eval_samples_per_second"] > 0

@@ -4,45 +4,18 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import NO_DROPOUT, make_trainer, step_logs, synthetic_dataset, tiny_model
 from transformers import Trainer, TrainingArguments
 
 from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, minimal_margin_scores, mmr_penalty
 
 
-def synthetic_dataset(n=32, num_labels=3, length=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 100, (n, length), generator=g)
-    labels = torch.randint(0, num_labels, (n,), generator=g)
-    return [
-        {"input_ids": ids[i], "attention_mask": torch.ones(length, dtype=torch.long), "labels": labels[i]}
-        for i in range(n)
-    ]
-
-
-NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-
-
 def train(trainer_cls, args_cls, tmp_path, model_type="bert", num_labels=3, model_overrides=None, **kwargs):
-    settings = {
-        "per_device_train_batch_size": 8,
-        "max_steps": 4,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": 7,
-        "disable_tqdm": True,
-    }
-    args = args_cls(output_dir=str(tmp_path), **{**settings, **kwargs})
+    settings = {"per_device_train_batch_size": 8, "max_steps": 4, "seed": 7, **kwargs}
     model = tiny_model(model_type, num_labels=num_labels, seed=1, **(model_overrides or {}))
-    trainer = trainer_cls(model=model, args=args, train_dataset=synthetic_dataset(num_labels=num_labels))
+    trainer = make_trainer(tmp_path, model, trainer_cls=trainer_cls, args_cls=args_cls, **settings)
     trainer.train()
     return trainer
-
-
-def step_logs(trainer):
-    return [entry for entry in trainer.state.log_history if "loss" in entry]
 
 
 def test_lambda_zero_is_bit_for_bit_the_plain_trainer(tmp_path):

@@ -10,8 +10,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from conftest import tiny_model
-from test_trainer import synthetic_dataset
+from conftest import synthetic_dataset, tiny_model
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.sampling import INDEX_KEY
