@@ -77,6 +77,13 @@ class MMRTrainingArguments(TrainingArguments):
         default=10,
         metadata={"help": "select: candidates scored per selected example (the pool holds factor x batch examples)."},
     )
+    mms_scoring_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "select: examples per forward pass when scoring a pool (inference only, so larger than the "
+            "training batch fits). Default: 4 x per_device_train_batch_size."
+        },
+    )
     mms_warmup_steps: int = field(
         default=0,
         metadata={
@@ -127,6 +134,9 @@ class MMRTrainingArguments(TrainingArguments):
             or self.mms_pool_factor < 1
         ):
             raise MMRConfigError(f"--mms_pool_factor must be an integer >= 1, got {self.mms_pool_factor!r}")
+        scoring = self.mms_scoring_batch_size
+        if scoring is not None and (isinstance(scoring, bool) or not isinstance(scoring, int) or scoring < 1):
+            raise MMRConfigError(f"--mms_scoring_batch_size must be an integer >= 1, got {scoring!r}")
         if isinstance(self.mms_warmup_steps, bool) or not isinstance(self.mms_warmup_steps, int) or (
             self.mms_warmup_steps < 0
         ):

@@ -56,14 +56,23 @@ def brute_force_scores(model, dataset, indices):
     return torch.tensor(scores)
 
 
-def test_select_trains_on_the_pool_lowest_mms(tmp_path):
+@pytest.mark.parametrize("scoring_batch_size", [None, 3])
+def test_select_trains_on_the_pool_lowest_mms(tmp_path, scoring_batch_size):
     dataset = synthetic_dataset(n=48, length=10)
     # Variable lengths, so that length-sorted scoring chunks really trim padding.
     for i, item in enumerate(dataset):
         item["attention_mask"][10 - i % 5 :] = 0
     model = tiny_model("bert", num_labels=3, seed=1)
     initial = copy.deepcopy(model)
-    trainer = recording_trainer(tmp_path, "select", model=model, dataset=dataset, max_steps=1, mmr_lambda=0.1)
+    trainer = recording_trainer(
+        tmp_path,
+        "select",
+        model=model,
+        dataset=dataset,
+        max_steps=1,
+        mmr_lambda=0.1,
+        mms_scoring_batch_size=scoring_batch_size,  # None: the whole pool of 16 at once; 3: six ragged chunks
+    )
     trainer.train()
     (pool,), (trained,) = trainer.pools, trainer.trained
     assert len(pool) == 16 and len(trained) == 4
@@ -295,6 +304,8 @@ def test_pool_split_rounds_to_equal_shares():
     [
         ("mms_selection", "best", "--mms_selection"),
         ("mms_pool_factor", 0, "--mms_pool_factor"),
+        ("mms_scoring_batch_size", 0, "--mms_scoring_batch_size"),
+        ("mms_anneal_epochs", float("nan"), "--mms_anneal_epochs"),
         ("mms_keep_quantile", 1.0, "--mms_keep_quantile"),
         ("mms_keep_fraction", 0.0, "--mms_keep_fraction"),
         ("mms_warmup_steps", -1, "--mms_warmup_steps"),
