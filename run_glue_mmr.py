@@ -13,11 +13,16 @@ flags after the file override its values::
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import socket
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 import datasets
@@ -32,6 +37,7 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
+    TrainerCallback,
     default_data_collator,
     set_seed,
 )
@@ -40,11 +46,16 @@ from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.arguments import MMRConfigError
 from hf_mmr.glue import TASKS, GlueDataError, get_task, load_glue_tsv
 from hf_mmr.head import HeadNotFoundError
-from hf_mmr.metrics import glue_compute_metrics
+from hf_mmr.margins import MMR_FORMS
+from hf_mmr.search import LAMBDA_RANGE, SEARCHED, apply_setting, make_mmr_hp_space, require_optuna
+from hf_mmr.metrics import glue_compute_metrics, main_metric
 from hf_mmr.recovery import NonFiniteLossError, SaveOnSignal, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
+
+# Written in output_dir by --mmr_search_trials: every trial and the chosen setting.
+SEARCH_FILE = "mmr_search.json"
 
 # The Hub name of the packaged default model, for model cards.
 DEFAULT_MODEL_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -72,7 +83,8 @@ class DataTrainingArguments:
         default=None,
         metadata={
             "help": "Read the task from the original GLUE TSV files in this directory (DIR/MRPC/train.tsv, "
-            "DIR/MNLI/dev_matched.tsv, ...) instead of downloading it from the Hub."
+            "DIR/MNLI/dev_matched.tsv, ...) instead of downloading it from the Hub. Default: the GLUE_DIR "
+            "environment variable, if set."
         },
     )
     dataset_name: str | None = field(
@@ -119,8 +131,49 @@ class DataTrainingArguments:
             "checkpoint. Nothing is deleted."
         },
     )
+    # Choosing MMR's setting on held-out training data before the real training.
+    mmr_search_trials: int = field(
+        default=0,
+        metadata={
+            "help": "Before training, run this many Trainer.hyperparameter_search (optuna) trials of the MMR setting, "
+            "each trained on train minus a held-out slice and scored on that slice (never on dev); then train on "
+            "all of train with the best one. 0 = off. Needs: pip install \"hf-mmr[search]\"."
+        },
+    )
+    mmr_search_heldout_fraction: float = field(
+        default=0.2, metadata={"help": "The share of train held out to score the search's trials (seeded by --seed)."}
+    )
+    mmr_search_lambda_min: float = field(default=LAMBDA_RANGE[0], metadata={"help": "Smallest mmr_lambda searched."})
+    mmr_search_lambda_max: float = field(default=LAMBDA_RANGE[1], metadata={"help": "Largest mmr_lambda searched."})
+    mmr_search_forms: list[str] = field(
+        default_factory=lambda: list(MMR_FORMS), metadata={"help": "The mmr_form values searched."}
+    )
+    mmr_search_detach_radius: list[str] = field(
+        default_factory=lambda: ["false", "true"],
+        metadata={"help": "The mmr_detach_radius values searched (false, true or both)."},
+    )
 
     def __post_init__(self) -> None:
+        if self.glue_dir is None and self.task_name is not None and os.environ.get("GLUE_DIR"):
+            self.glue_dir = os.environ["GLUE_DIR"]  # as transformers' original GLUE examples read it
+        if self.mmr_search_trials < 0:
+            raise UsageError(f"--mmr_search_trials must be >= 0, got {self.mmr_search_trials}")
+        if self.mmr_search_trials:
+            try:
+                require_optuna()
+            except ImportError as error:
+                raise UsageError(f"--mmr_search_trials: {error}") from None
+        if not 0 < self.mmr_search_heldout_fraction < 1:
+            raise UsageError(f"--mmr_search_heldout_fraction must be in (0, 1), got {self.mmr_search_heldout_fraction}")
+        for value in self.mmr_search_detach_radius:
+            if value.lower() not in ("false", "true"):
+                raise UsageError(f"--mmr_search_detach_radius takes false and/or true, got {value!r}")
+        try:
+            make_mmr_hp_space(
+                (self.mmr_search_lambda_min, self.mmr_search_lambda_max), self.mmr_search_forms, [False]
+            )
+        except ValueError as error:
+            raise UsageError(f"--mmr_search_lambda_min/max or --mmr_search_forms: {error}") from None
         if self.task_name is not None:
             get_task(self.task_name)  # fails with the list of known tasks
             self.task_name = self.task_name.lower()
@@ -275,6 +328,7 @@ def load_raw_datasets(
 ) -> datasets.DatasetDict:
     """The task's splits: from --glue_dir, from local files, or from the Hub."""
     if data_args.task_name is not None and data_args.glue_dir is not None:
+        logger.warning(f"Reading {data_args.task_name} from the GLUE TSV files in {data_args.glue_dir}")
         task = get_task(data_args.task_name)
         splits = []
         if training_args.do_train:
@@ -292,6 +346,7 @@ def load_raw_datasets(
                 "files, or --train_file and --validation_file"
             )
         config_name = data_args.task_name or data_args.dataset_config_name
+        logger.warning(f"Downloading {name} {config_name or ''} from the Hub")
         return load_dataset(name, config_name, cache_dir=model_args.cache_dir, token=model_args.token)
     data_files = {"train": data_args.train_file, "validation": data_args.validation_file}
     if training_args.do_predict:
@@ -312,8 +367,11 @@ def load_raw_datasets(
     return raw
 
 
-def load_pretrained(model_args: ModelArguments, num_labels: int, task_name: str | None, online: bool):
-    """Tokenizer and model; a Hub name that cannot be reached fails at once with what to do instead."""
+def load_pretrained(
+    model_args: ModelArguments, num_labels: int, task_name: str | None, online: bool
+) -> tuple[Any, Callable[[], Any]]:
+    """Tokenizer, and a function that loads the model (again for every search trial); a Hub name that cannot be
+    reached fails at once with what to do instead."""
     common = {
         "cache_dir": model_args.cache_dir,
         "revision": model_args.model_revision,
@@ -338,13 +396,94 @@ def load_pretrained(model_args: ModelArguments, num_labels: int, task_name: str 
             f"--model_name_or_path {model_args.model_name_or_path!r} is not a local folder and the Hub cannot be "
             "reached; pass a local model path, or leave the flag out for the packaged MiniLM"
         ) from None
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        **common,
+
+    def load_model() -> Any:
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **common,
+        )
+
+    return tokenizer, load_model
+
+
+def search_mmr_setting(
+    data_args: DataTrainingArguments,
+    training_args: MMRTrainingArguments,
+    make_trainer: Callable[..., MMRTrainer],
+    train_dataset: datasets.Dataset,
+    resuming: bool,
+) -> dict:
+    """Choose the MMR setting with ``hyperparameter_search`` on a held-out slice of train; write mmr_search.json.
+
+    A resumed run reuses the search its first start wrote, so the same command picks up where it stopped.
+    """
+    path = os.path.join(training_args.output_dir, SEARCH_FILE)
+    if resuming and os.path.isfile(path):
+        with open(path) as handle:
+            logger.info(f"Reusing the MMR search in {path}")
+            return json.load(handle)
+    import optuna
+
+    split = train_dataset.train_test_split(test_size=data_args.mmr_search_heldout_fraction, seed=training_args.seed)
+    search_args = dataclasses.replace(
+        training_args,
+        output_dir=os.path.join(training_args.output_dir, "mmr_search"),
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        push_to_hub=False,
+        report_to="none",
     )
-    return tokenizer, model
+    searcher = make_trainer(search_args, split["train"], split["test"])
+    metric = f"eval_{main_metric(data_args.task_name)}"
+    trials: list[dict] = []
+    started = {}
+
+    class TrialClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            started["time"] = time.perf_counter()
+
+    def objective(metrics: dict[str, float]) -> float:
+        setting = {key: getattr(searcher.args, key) for key in SEARCHED}
+        trials.append(
+            {
+                "trial": len(trials),
+                "setting": setting,
+                "score": metrics[metric],
+                "seconds": round(time.perf_counter() - started["time"], 1),
+            }
+        )
+        logger.info(f"MMR search trial {len(trials) - 1}: {setting} -> held-out {metric} {metrics[metric]:.4f}")
+        return metrics[metric]
+
+    searcher.add_callback(TrialClock())
+    detach = [value.lower() == "true" for value in data_args.mmr_search_detach_radius]
+    searcher.hyperparameter_search(
+        hp_space=make_mmr_hp_space(
+            (data_args.mmr_search_lambda_min, data_args.mmr_search_lambda_max), data_args.mmr_search_forms, detach
+        ),
+        compute_objective=objective,
+        n_trials=data_args.mmr_search_trials,
+        direction="maximize",
+        backend="optuna",
+        sampler=optuna.samplers.TPESampler(seed=training_args.seed),
+    )
+    best = max(trials, key=lambda trial: (trial["score"], -trial["trial"]))
+    report = {
+        "metric": metric,
+        "heldout_fraction": data_args.mmr_search_heldout_fraction,
+        "train_examples": len(split["train"]),
+        "heldout_examples": len(split["test"]),
+        "best": best,
+        "trials": trials,
+    }
+    if training_args.should_save:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(path, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -417,7 +556,8 @@ def run(argv: list[str]) -> None:
     if training_args.mmr_enabled and training_args.mmr_top_k > num_labels - 1:
         raise UsageError(f"--mmr_top_k must be <= num_labels - 1 = {num_labels - 1}, got {training_args.mmr_top_k}")
 
-    tokenizer, model = load_pretrained(model_args, num_labels, data_args.task_name, online)
+    tokenizer, load_model = load_pretrained(model_args, num_labels, data_args.task_name, online)
+    model = load_model()
 
     # Preprocessing
     if task is not None:
@@ -482,15 +622,26 @@ def run(argv: list[str]) -> None:
 
     compute_metrics = glue_compute_metrics(data_args.task_name, is_regression)
 
-    trainer = MMRTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=next(iter(eval_datasets.values()), None),
-        compute_metrics=compute_metrics,
-        processing_class=tokenizer,
-        data_collator=data_collator,
-    )
+    def make_trainer(args: MMRTrainingArguments, train: datasets.Dataset, evaluation: Any) -> MMRTrainer:
+        # A search's trials each start from the pretrained weights (model_init); the final run from `model`.
+        model_source = {"model": model} if args is training_args else {"model_init": load_model}
+        return MMRTrainer(
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            compute_metrics=compute_metrics,
+            processing_class=tokenizer,
+            data_collator=data_collator,
+            **model_source,
+        )
+
+    search = None
+    if data_args.mmr_search_trials and training_args.do_train:
+        search = search_mmr_setting(data_args, training_args, make_trainer, train_dataset, last_checkpoint is not None)
+        apply_setting(training_args, search["best"]["setting"])
+        logger.info(f"MMR setting chosen on held-out train: {search['best']['setting']}")
+    trainer = make_trainer(training_args, train_dataset, next(iter(eval_datasets.values()), None))
+    trainer.search_report = search
 
     if training_args.do_train:
         stopper = SaveOnSignal()

@@ -91,3 +91,8 @@ def glue_compute_metrics(task: str | None, is_regression: bool) -> Callable:
         return result
 
     return compute_metrics
+
+
+def main_metric(task: str | None) -> str:
+    """The metric a task is ranked by: Matthews correlation for CoLA, accuracy for the other classification tasks."""
+    return "matthews_correlation" if task == "cola" else "accuracy"

@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         loaded = {label: load_run(d) for label, d in zip(labels, options.output_dirs)}
     except FileNotFoundError as error:
         parser.error(str(error))
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        parser.error('plotting needs matplotlib: pip install "hf-mmr[plot]"')
 
     matplotlib.use("Agg")
     out = options.out or options.output_dirs[0]

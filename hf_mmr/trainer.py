@@ -105,6 +105,21 @@ class MMRTrainer(Trainer):
         self._loss_is_batch_mean: bool | None = None  # see _mean_factor
         self._eval_parts: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (MMS, ||h||) per eval batch
         self.eval_margins: dict[str, Any] | None = None
+        self.search_report: dict | None = None  # a search's trials and choice, shown in the model card
+        self._attach_head()
+        if self.args.mmr_enabled and _overrides_compute_loss_before(type(self)):
+            logger.warning(
+                "%s overrides compute_loss before MMRTrainer in its bases, so the MMR penalty may never be added; "
+                "list MMRTrainer first: class %s(MMRTrainer, YourTrainer)",
+                type(self).__name__,
+                type(self).__name__,
+            )
+
+    def _attach_head(self) -> None:
+        """Find the model's classifier head and capture its input (again for each model that model_init makes)."""
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
         selection = self.args.mms_selection
         needs_head = self.args.mmr_enabled or selection != "none"
         model = self.accelerator.unwrap_model(self.model)
@@ -122,6 +137,15 @@ class MMRTrainer(Trainer):
                 f"--mmr_top_k must be <= num_labels - 1 = {head.out_features - 1}, got {self.args.mmr_top_k}"
             )
         self._capture = FeatureCapture(head, path)
+        self._head_checked = False
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        """A fresh model from ``model_init`` (hyperparameter search), with its head captured."""
+        model = super().call_model_init(trial)
+        if getattr(self, "_window", None) is not None:  # after __init__: re-attach to the new model
+            self.model = model
+            self._attach_head()
+        return model
 
     # ------------------------------------------------------------------ loss
     def compute_loss(
@@ -548,6 +572,8 @@ class MMRTrainer(Trainer):
             f"classification loss + λ_t · MMR, MMR {formula}.\n\n"
             f"| setting | value |\n|---|---|\n{rows}\n"
         )
+        if self.search_report is not None:
+            card.text += _search_section(self.search_report)
         card.save(path)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -577,6 +603,33 @@ class MMRTrainer(Trainer):
             if self._cache is None or self._cache.scores.numel() != len(self.train_dataset):
                 self._cache = MarginCache(len(self.train_dataset))
             self._cache.load(resume_from_checkpoint)
+
+
+def _search_section(report: dict) -> str:
+    """The model card's account of the MMR search: the chosen setting and every trial."""
+    names = list(report["best"]["setting"])
+    header = "| trial | " + " | ".join(f"`{name}`" for name in names) + f" | held-out {report['metric']} | seconds |"
+    rows = [header, "|" + "---|" * (len(names) + 3)]
+    for trial in report["trials"]:
+        values = " | ".join(f"{trial['setting'][name]:.4g}" if isinstance(trial["setting"][name], float)
+                            else str(trial["setting"][name]) for name in names)
+        rows.append(f"| {trial['trial']} | {values} | {trial['score']:.4f} | {trial['seconds']:.0f} |")
+    return (
+        f"\n### Choosing the MMR setting\n\n{len(report['trials'])} trials of `Trainer.hyperparameter_search` "
+        f"(optuna), each trained on {report['train_examples']} training examples and scored on the other "
+        f"{report['heldout_examples']} (held out from train, not the evaluation set). Chosen: trial "
+        f"{report['best']['trial']}.\n\n" + "\n".join(rows) + "\n"
+    )
+
+
+def _overrides_compute_loss_before(cls: type) -> bool:
+    """Whether a base that comes before ``MMRTrainer`` in the MRO of ``cls`` defines its own ``compute_loss``."""
+    for base in cls.__mro__:
+        if base is MMRTrainer:
+            return False
+        if base is not cls and "compute_loss" in vars(base):
+            return True
+    return False
 
 
 def _check_single_label(model: nn.Module) -> None:

@@ -117,6 +117,28 @@ def test_default_config_runs_the_margin_form(tmp_path):
     assert "MMR = R / mean_i m_i" in (out / "README.md").read_text()
 
 
+@pytest.mark.e2e
+def test_search_chooses_the_setting_then_trains_with_it(glue_dir, tmp_path):
+    """--mmr_search_trials on real MRPC read from GLUE_DIR (no --glue_dir), a tiny budget."""
+    out = tmp_path / "out"
+    result = run_script(
+        "--task_name", "mrpc", "--do_train", "--max_train_samples", "100", "--max_steps", "3",
+        "--per_device_train_batch_size", "16", "--logging_steps", "1", "--save_strategy", "no",
+        "--mmr_search_trials", "2", "--output_dir", str(out),
+        env={"HF_HUB_OFFLINE": "1", "GLUE_DIR": glue_dir},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Reading mrpc from the GLUE TSV files in {glue_dir}" in result.stdout + result.stderr
+    search = json.loads((out / "mmr_search.json").read_text())
+    assert len(search["trials"]) == 2 and search["heldout_examples"] == 20 and search["train_examples"] == 80
+    assert (result.stdout + result.stderr).count("MMR search trial") == 2
+    best = search["best"]["setting"]
+    steps = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert len(steps) == 3 and all(e["mmr/lambda"] == pytest.approx(best["mmr_lambda"], abs=1e-6) for e in steps)
+    card = (out / "README.md").read_text()
+    assert "### Choosing the MMR setting" in card and f"| `mmr_form` | {best['mmr_form']} |" in card
+
+
 def test_non_empty_output_dir_is_refused_and_untouched(glue_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     result = run_script("--task_name", "mrpc", "--glue_dir", glue_dir, "--do_train", "--output_dir", str(tmp_path))
@@ -130,7 +152,7 @@ def test_non_empty_output_dir_is_refused_and_untouched(glue_dir, tmp_path):
 # itself is exercised the same way on any machine, with or without a network.
 @pytest.mark.parametrize(
     "env",
-    [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}],
+    [{"HF_HUB_OFFLINE": "1", "GLUE_DIR": ""}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "GLUE_DIR": ""}],
     ids=["offline", "probe"],
 )
 def test_unreachable_hub_fails_fast_naming_local_options(tmp_path, env):
@@ -234,3 +256,15 @@ print(result)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "equivalent" in result.stdout
+
+
+def test_report_without_matplotlib_names_the_extra(tmp_path):
+    """`pip install hf-mmr` has no matplotlib: the report says in one line how to get it."""
+    (tmp_path / "trainer_state.json").write_text('{"log_history": []}')
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from hf_mmr.report import main; "
+        f"main([{str(tmp_path)!r}])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith('plotting needs matplotlib: pip install "hf-mmr[plot]"')
