@@ -44,7 +44,7 @@ from transformers import (
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.arguments import MMRConfigError
-from hf_mmr.glue import TASKS, GlueDataError, get_task, load_glue_tsv
+from hf_mmr.glue import TASKS, GlueDataError, get_task, load_glue_tsv, split_path
 from hf_mmr.head import HeadNotFoundError
 from hf_mmr.margins import MMR_FORMS
 from hf_mmr.search import LAMBDA_RANGE, SEARCHED, apply_setting, make_mmr_hp_space, require_optuna
@@ -131,6 +131,10 @@ class DataTrainingArguments:
             "checkpoint. Nothing is deleted."
         },
     )
+    drop_rows_with_missing_text: bool = field(
+        default=False,
+        metadata={"help": "Drop the examples whose text is missing (an empty cell) instead of stopping at the first."},
+    )
     # Choosing MMR's setting on held-out training data before the real training.
     mmr_search_trials: int = field(
         default=0,
@@ -181,10 +185,16 @@ class DataTrainingArguments:
             raise UsageError("--glue_dir needs --task_name to know which task folder to read")
         elif self.dataset_name is None and (self.train_file is None or self.validation_file is None):
             raise UsageError("need --task_name, --dataset_name, or both --train_file and --validation_file")
+        for flag in ("max_seq_length", "max_train_samples", "max_eval_samples", "max_predict_samples"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise UsageError(f"--{flag} must be >= 1, got {value}")
         for flag in ("train_file", "validation_file", "test_file"):
             path = getattr(self, flag)
             if path is None:
                 continue
+            if os.path.isdir(path):
+                raise UsageError(f"--{flag} {path!r} is a folder; name a .csv, .json or .jsonl file")
             if path.rsplit(".", 1)[-1] not in ("csv", "json", "jsonl"):
                 raise UsageError(f"--{flag} {path!r} must be a .csv, .json or .jsonl file")
             if not os.path.isfile(path):
@@ -252,10 +262,22 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         if not os.path.isfile(argv[0]):
             raise UsageError(f"config file {argv[0]!r} does not exist")
-        with open(argv[0]) as handle:
-            values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
+        try:
+            with open(argv[0], encoding="utf-8") as handle:
+                values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark is not None else "its syntax"
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise UsageError(f"config file {argv[0]}: {where}: {problem}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"config file {argv[0]} cannot be read: {error}") from None
         if not isinstance(values, dict):
             raise UsageError(f"config file {argv[0]!r} must hold a mapping of argument names to values")
+        known = {action.dest for action in parser._actions}
+        unknown_keys = [key for key in values if key not in known]
+        if unknown_keys:
+            raise UsageError(f"config file {argv[0]}: unknown key {unknown_keys[0]!r}; see --help for the names")
         argv = config_to_flags(values) + argv[1:]
     model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
@@ -295,6 +317,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainingArguments) -> str | None:
     """Refuse a non-empty output_dir unless asked to overwrite or resume; return the checkpoint to resume from."""
     output_dir = training_args.output_dir
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f"--output_dir {output_dir!r} is a file; name a folder")
     if training_args.resume_from_checkpoint is not None:
         checkpoint = training_args.resume_from_checkpoint
         if not os.path.isdir(checkpoint):
@@ -398,14 +422,105 @@ def load_pretrained(
         ) from None
 
     def load_model() -> Any:
-        return AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **common,
-        )
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(
+                model_args.model_name_or_path,
+                config=config,
+                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+                **common,
+            )
+        except OSError as error:
+            raise UsageError(
+                f"cannot load the model weights of --model_name_or_path {model_args.model_name_or_path!r}: "
+                + str(error).splitlines()[0]
+            ) from None
 
     return tokenizer, load_model
+
+
+def split_sources(data_args: DataTrainingArguments, raw: datasets.DatasetDict) -> dict[str, str]:
+    """Where each split was read from, for error messages: a file, or the Hub dataset and split."""
+    if data_args.task_name is not None and data_args.glue_dir is not None:
+        task = get_task(data_args.task_name)
+        return {split: split_path(data_args.glue_dir, task, split) for split in raw}
+    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    name = "nyu-mll/glue" if data_args.task_name else data_args.dataset_name
+    return {split: files.get(split) or f"{name} ({split} split)" for split in raw}
+
+
+def first_row(column: list, bad: Callable[[Any], bool]) -> int | None:
+    """The 1-based data row of the first value for which ``bad`` holds."""
+    return next((row for row, value in enumerate(column, start=1) if bad(value)), None)
+
+
+def check_labels_known(raw: datasets.DatasetDict, label_list: list, sources: dict[str, str]) -> None:
+    """Every labelled split's labels must be among the training labels (test files may have none)."""
+    known = set(label_list)
+    for split, dataset in raw.items():
+        if split == "train" or "label" not in dataset.column_names:
+            continue
+        row = first_row(dataset["label"], lambda value: value not in known and value != -1)
+        if row is not None:
+            raise UsageError(
+                f"{sources[split]}: row {row} has label {dataset['label'][row - 1]!r}, not in the training labels "
+                f"({', '.join(map(repr, label_list))})"
+            )
+
+
+def check_checkpoint_labels(checkpoint: str | None, num_labels: int) -> None:
+    """A checkpoint of another task (another label count) cannot be resumed: say so before loading it."""
+    config_path = os.path.join(checkpoint or "", "config.json")
+    if checkpoint is None or not os.path.isfile(config_path):
+        return
+    with open(config_path) as handle:
+        config = json.load(handle)
+    labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels", num_labels)
+    if labels != num_labels:
+        raise UsageError(
+            f"--resume_from_checkpoint {checkpoint} was trained with {labels} labels, but this task has {num_labels}; "
+            "resume a checkpoint of this task, or start afresh with another --output_dir"
+        )
+
+
+def drop_or_refuse_missing_text(
+    raw: datasets.DatasetDict, columns: list[str], sources: dict[str, str], drop: bool
+) -> datasets.DatasetDict:
+    """Stop at the first missing text cell, naming file, row and column; or drop such rows, saying how many."""
+    for split, dataset in raw.items():
+        for column in columns:
+            row = first_row(dataset[column], lambda value: value is None)
+            if row is None:
+                continue
+            if not drop:
+                raise UsageError(
+                    f"{sources[split]}: row {row} has no text in column {column!r}; fill it in, or pass "
+                    "--drop_rows_with_missing_text to drop such rows"
+                )
+            before = len(raw[split])
+            raw[split] = raw[split].filter(lambda example: all(example[c] is not None for c in columns))
+            logger.warning(f"Dropped {before - len(raw[split])} rows with missing text from {sources[split]}")
+            break
+    return raw
+
+
+def encode_labels(raw: datasets.DatasetDict, label_list: list) -> datasets.DatasetDict:
+    """Replace a custom task's labels (strings, or any integers) by their ids, in an integer column.
+
+    A new column, not a map over the old one: datasets keeps a mapped column's original type,
+    so string labels mapped to ids in place would stay strings.
+    """
+    ids = {label: i for i, label in enumerate(label_list)}
+    for split, dataset in raw.items():
+        if "label" in dataset.column_names:
+            encoded = dataset.map(
+                lambda batch: {"label_id": [ids.get(label, -1) for label in batch["label"]]},
+                batched=True,
+                remove_columns=["label"],
+                features=datasets.Features({**{k: v for k, v in dataset.features.items() if k != "label"},
+                                            "label_id": datasets.Value("int64")}),
+            )
+            raw[split] = encoded.rename_column("label_id", "label")
+    return raw
 
 
 def search_mmr_setting(
@@ -486,6 +601,14 @@ def search_mmr_setting(
     return report
 
 
+def close_progress_bars() -> None:
+    """Close every open tqdm bar (the Trainer's, when a run stops mid-epoch)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run from the command line; bad input exits with a one-line message (HF_MMR_DEBUG=1 shows the traceback)."""
     try:
@@ -493,6 +616,7 @@ def main(argv: list[str] | None = None) -> None:
     except (UsageError, MMRConfigError, GlueDataError, HeadNotFoundError, NonFiniteLossError) as error:
         if os.environ.get("HF_MMR_DEBUG"):
             raise
+        close_progress_bars()  # so that the error, not a bar's last redraw, is the last line
         print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
         sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
 
@@ -548,6 +672,14 @@ def run(argv: list[str]) -> None:
         is_regression = raw_datasets["train"].features["label"].dtype in ("float32", "float64")
         label_list = [] if is_regression else sorted(raw_datasets["train"].unique("label"))
     num_labels = 1 if is_regression else len(label_list)
+    sources = split_sources(data_args, raw_datasets)
+    if not is_regression and num_labels < 2:
+        raise UsageError(
+            f"{sources['train']} has one class only ({label_list[0]!r}); a classifier needs examples of at least two"
+        )
+    if task is None and not is_regression:
+        check_labels_known(raw_datasets, label_list, sources)
+    check_checkpoint_labels(last_checkpoint, num_labels)
     if (training_args.mmr_enabled or training_args.mms_selection != "none") and num_labels < 2:
         raise UsageError(
             "--mmr_lambda > 0 and --mms_selection need a classification task; this one is "
@@ -571,10 +703,12 @@ def run(argv: list[str]) -> None:
         else:
             sentence1_key, sentence2_key = non_label_columns[0], None
 
+    raw_datasets = drop_or_refuse_missing_text(
+        raw_datasets, [key for key in (sentence1_key, sentence2_key) if key], sources, data_args.drop_rows_with_missing_text
+    )
     padding = "max_length" if data_args.pad_to_max_length else False
-    label_to_id = None
     if task is None and not is_regression:
-        label_to_id = {label: i for i, label in enumerate(label_list)}
+        raw_datasets = encode_labels(raw_datasets, label_list)
     if label_list:
         model.config.label2id = {str(label): i for i, label in enumerate(label_list)}
         model.config.id2label = {i: str(label) for i, label in enumerate(label_list)}
@@ -589,10 +723,7 @@ def run(argv: list[str]) -> None:
         texts = (
             (examples[sentence1_key],) if sentence2_key is None else (examples[sentence1_key], examples[sentence2_key])
         )
-        result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
-        if label_to_id is not None and "label" in examples:
-            result["label"] = [(label_to_id[label] if label != -1 else -1) for label in examples["label"]]
-        return result
+        return tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
 
     with training_args.main_process_first(desc="dataset map pre-processing"):
         raw_datasets = raw_datasets.map(

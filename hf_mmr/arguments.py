@@ -11,10 +11,17 @@ from .margins import MMR_FORMS
 
 
 class MMRConfigError(ValueError):
-    """An MMR setting that cannot work; the message names the setting and what to change."""
+    """A setting that cannot work; the message names the setting and what to change."""
 
 
 MMS_SELECTIONS = ("none", "select", "cached")
+
+# TrainingArguments' numbers that run_glue users set, and what each must be (checked before the
+# Trainer turns a bad one into a traceback deep in the DataLoader or the optimizer).
+POSITIVE_INTEGERS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+POSITIVE_NUMBERS = ("learning_rate", "num_train_epochs", "adam_epsilon")
+NON_NEGATIVE_NUMBERS = ("weight_decay", "max_grad_norm", "warmup_steps")
+STEP_INTERVALS = ("logging_steps", "eval_steps", "save_steps")  # > 0 when set (a float < 1 is a ratio)
 
 
 @dataclass
@@ -110,6 +117,7 @@ class MMRTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        _check_training_numbers(self)
         if self.mmr_lambda_start is None:
             self.mmr_lambda_start = self.mmr_lambda
         for name in ("mmr_lambda", "mmr_lambda_start"):
@@ -161,3 +169,33 @@ class MMRTrainingArguments(TrainingArguments):
         if ramp_steps <= 0 or step >= ramp_steps:
             return float(self.mmr_lambda)
         return float(self.mmr_lambda_start + (self.mmr_lambda - self.mmr_lambda_start) * step / ramp_steps)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_training_numbers(args: TrainingArguments) -> None:
+    """One clear error, naming the flag, for a batch size, step count, rate or ratio that cannot work."""
+    for name in POSITIVE_INTEGERS:
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MMRConfigError(f"--{name} must be an integer >= 1, got {value!r}")
+    for name in POSITIVE_NUMBERS:
+        value = getattr(args, name)
+        if not (_is_number(value) and value > 0):
+            raise MMRConfigError(f"--{name} must be a finite number > 0, got {value!r}")
+    for name in NON_NEGATIVE_NUMBERS:
+        value = getattr(args, name)
+        if not (_is_number(value) and value >= 0):
+            raise MMRConfigError(f"--{name} must be a finite number >= 0, got {value!r}")
+    if not (isinstance(args.max_steps, int) and (args.max_steps > 0 or args.max_steps == -1)):
+        raise MMRConfigError(f"--max_steps must be a positive integer, or -1 to train --num_train_epochs; got "
+                             f"{args.max_steps!r}")
+    for name in STEP_INTERVALS:
+        value = getattr(args, name)
+        if value is not None and not (_is_number(value) and value > 0):
+            raise MMRConfigError(f"--{name} must be > 0 (an integer, or a fraction of the training steps), got "
+                                 f"{value!r}")
+    if not (_is_number(args.label_smoothing_factor) and 0 <= args.label_smoothing_factor < 1):
+        raise MMRConfigError(f"--label_smoothing_factor must be in [0, 1), got {args.label_smoothing_factor!r}")

@@ -131,6 +131,22 @@ def task_features(task: GlueTask, with_labels: bool = True) -> datasets.Features
 
 
 def read_tsv(path: str, task: GlueTask) -> dict[str, list]:
+    """``_read_tsv``, with a file that is not UTF-8 reported by its first bad line."""
+    try:
+        return _read_tsv(path, task)
+    except UnicodeDecodeError as error:
+        with open(path, "rb") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    break
+        raise GlueDataError(
+            f"{path}: line {line_no} is not UTF-8 ({error.reason}); GLUE files are UTF-8: re-save the file as UTF-8"
+        ) from None
+
+
+def _read_tsv(path: str, task: GlueTask) -> dict[str, list]:
     """Read one original GLUE TSV file into Hub-layout columns.
 
     Fields are tab-separated with no quoting (``csv.QUOTE_NONE``): GLUE sentences contain bare

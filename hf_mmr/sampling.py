@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .arguments import MMRConfigError
+
 INDEX_KEY = "mmr_example_index"
 
 
@@ -154,7 +156,7 @@ class MarginCache:
             return False
         state = torch.load(path, weights_only=True)
         if state["scores"].shape != self.scores.shape:
-            raise ValueError(
+            raise MMRConfigError(
                 f"the checkpoint's MMS cache has {state['scores'].numel()} examples but the training set has "
                 f"{self.scores.numel()}; resume with the same training data"
             )

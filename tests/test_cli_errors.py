@@ -17,11 +17,21 @@ def write(path, text):
     return str(path)
 
 
-def rte_dir(tmp_path, train_rows="0\ta\tb\tentailment\n", dev_rows="0\ta\tb\tnot_entailment\n"):
+def rte_dir(tmp_path, train_rows="0\ta\tb\tentailment\n", dev_rows="0\ta\tb\tnot_entailment\n", encoding="utf-8"):
     header = "index\tsentence1\tsentence2\tlabel\n"
-    write(tmp_path / "glue" / "RTE" / "train.tsv", header + train_rows)
+    (tmp_path / "glue" / "RTE").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "glue" / "RTE" / "train.tsv").write_bytes((header + train_rows).encode(encoding))
     write(tmp_path / "glue" / "RTE" / "dev.tsv", header + dev_rows)
     return str(tmp_path / "glue")
+
+
+def checkpoint_with_labels(tmp_path, num_labels):
+    """A complete-looking checkpoint folder whose config has ``num_labels`` labels."""
+    folder = tmp_path / "other" / "checkpoint-5"
+    labels = {str(i): f"L{i}" for i in range(num_labels)}
+    write(folder / "config.json", json.dumps({"model_type": "bert", "id2label": labels}))
+    write(folder / "trainer_state.json", "{}")
+    return str(folder)
 
 
 # (name, argument builder, expected words in the message)
@@ -117,6 +127,116 @@ CASES = [
     ),
     ("unknown flag", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lamda", "0.1"], ["--mmr_lamda"]),
     ("missing config file", lambda t, g: [str(t / "absent.yaml")], ["absent.yaml"]),
+    # Data files as they come in real projects.
+    (
+        "empty text cell",
+        lambda t, g: [
+            "--train_file",
+            write(t / "a.csv", "text,label\nhi,0\n,1\n"),
+            "--validation_file",
+            write(t / "b.csv", "text,label\nhi,0\n"),
+        ],
+        ["a.csv", "row 2", "'text'", "--drop_rows_with_missing_text"],
+    ),
+    (
+        "empty text cell in json lines",
+        lambda t, g: [
+            "--train_file",
+            write(t / "a.jsonl", '{"text": "hi", "label": 0}\n{"text": null, "label": 1}\n'),
+            "--validation_file",
+            write(t / "b.jsonl", '{"text": "hi", "label": 0}\n'),
+        ],
+        ["a.jsonl", "row 2", "'text'"],
+    ),
+    (
+        "broken json",
+        lambda t, g: [
+            "--train_file",
+            write(t / "a.json", '[{"text": "hi", "label": 0},'),
+            "--validation_file",
+            write(t / "b.json", '[{"text": "hi", "label": 0}]'),
+        ],
+        ["a.json"],
+    ),
+    (
+        "label only in dev",
+        lambda t, g: [
+            "--train_file",
+            write(t / "a.csv", "text,label\nhi,pos\nho,neg\n"),
+            "--validation_file",
+            write(t / "b.csv", "text,label\nhi,meh\n"),
+        ],
+        ["b.csv", "'meh'", "not in the training labels"],
+    ),
+    (
+        "single class with mmr",
+        lambda t, g: [
+            "--train_file",
+            write(t / "a.csv", "text,label\nhi,pos\nho,pos\n"),
+            "--validation_file",
+            write(t / "b.csv", "text,label\nhi,pos\n"),
+            "--mmr_lambda",
+            "0.1",
+        ],
+        ["a.csv", "one class"],
+    ),
+    (
+        "tsv not utf-8",
+        lambda t, g: [
+            "--task_name",
+            "rte",
+            "--glue_dir",
+            rte_dir(t, train_rows="0\tcaf\xe9\tb\tentailment\n", encoding="latin-1"),
+        ],
+        ["train.tsv", "UTF-8", "line 2"],
+    ),
+    # Paths.
+    (
+        "output_dir is a file",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--output_dir", write(t / "afile", "x")],
+        ["--output_dir", "is a file"],
+    ),
+    (
+        "train_file is a folder",
+        lambda t, g: ["--train_file", str(t), "--validation_file", str(t)],
+        ["--train_file", "folder"],
+    ),
+    (
+        "model folder without weights",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--model_name_or_path", os.path.dirname(
+            write(t / "model" / "config.json", '{"model_type": "bert", "vocab_size": 10}'))],
+        ["--model_name_or_path", "weights"],
+    ),
+    (
+        "checkpoint of another label count",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--resume_from_checkpoint", checkpoint_with_labels(t, 3)],
+        ["--resume_from_checkpoint", "3 labels", "2"],
+    ),
+    # Numbers run_glue users set.
+    *[
+        (f"{flag} {value}", lambda t, g, flag=flag, value=value: ["--task_name", "rte", "--glue_dir", g, flag, value],
+         [flag])
+        for flag, value in [
+            ("--per_device_train_batch_size", "0"),
+            ("--per_device_eval_batch_size", "-1"),
+            ("--gradient_accumulation_steps", "0"),
+            ("--learning_rate", "nan"),
+            ("--learning_rate", "-1e-5"),
+            ("--num_train_epochs", "0"),
+            ("--num_train_epochs", "nan"),
+            ("--max_steps", "0"),
+            ("--warmup_steps", "-1"),
+            ("--weight_decay", "nan"),
+            ("--max_grad_norm", "-1"),
+            ("--max_seq_length", "0"),
+            ("--max_train_samples", "0"),
+            ("--logging_steps", "0"),
+        ]
+    ],
+    # Config files.
+    ("config syntax error", lambda t, g: [write(t / "bad.yaml", "task_name: rte\nmmr_lambda: [0.1\n")], ["bad.yaml", "line"]),
+    ("config unknown key", lambda t, g: [write(t / "c.yaml", f"task_name: rte\nglue_dir: {g}\nmmr_lamda: 0.1\n")],
+     ["c.yaml", "mmr_lamda"]),
     (
         "half-written checkpoint",
         lambda t, g: [
@@ -133,7 +253,7 @@ CASES = [
 
 
 DRIVER = """
-import contextlib, io, json, sys
+import contextlib, io, json, sys, traceback
 sys.argv[0] = "run_glue_mmr.py"
 sys.path.insert(0, {root!r})
 from run_glue_mmr import main
@@ -146,6 +266,9 @@ for args in json.loads(sys.stdin.read()):
             main(args)
         except SystemExit as exit:
             code = exit.code
+        except Exception:  # a case that escapes main() is a failure of that case, not of the others
+            traceback.print_exc()
+            code = "uncaught"
     results.append({{"code": code, "stderr": stderr.getvalue()}})
 print(json.dumps(results))
 """
@@ -160,7 +283,9 @@ def prepare(tmp_path, case_index, build):
     (output_dir / "mine.txt").write_text("keep me")
     args = build(case_dir, glue)
     if not args[0].endswith(".yaml"):
-        args += ["--do_train", "--do_eval", "--output_dir", str(output_dir), "--overwrite_output_dir"]
+        args += ["--do_train", "--do_eval", "--overwrite_output_dir"]
+        if "--output_dir" not in args:
+            args += ["--output_dir", str(output_dir)]
     return args, output_dir
 
 
@@ -213,3 +338,48 @@ def test_real_command_line(tmp_path, name):
         cwd=tmp_path,
     )
     check(result.returncode, result.stderr, CASES[index][2], output_dir)
+
+
+def test_missing_text_rows_can_be_dropped_on_request(tmp_path):
+    train = write(tmp_path / "a.csv", "text,label\nhi there,pos\n,neg\nfine words,neg\nbad words,pos\n")
+    dev = write(tmp_path / "b.csv", "text,label\nhello,pos\n")
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--train_file", train, "--validation_file", dev, "--do_train", "--max_steps", "1",
+         "--save_strategy", "no", "--drop_rows_with_missing_text", "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Dropped 1 rows with missing text from {train}" in result.stdout + result.stderr
+
+
+STOP_MID_RUN = """
+import sys
+sys.argv[0] = "run_glue_mmr.py"
+sys.path.insert(0, {root!r})
+from hf_mmr import MMRTrainer
+from hf_mmr.recovery import NonFiniteLossError
+import run_glue_mmr
+
+original = MMRTrainer.compute_loss
+
+def compute_loss(self, *args, **kwargs):
+    if self.state.global_step == 2:
+        raise NonFiniteLossError("the training loss is nan at step 2")
+    return original(self, *args, **kwargs)
+
+MMRTrainer.compute_loss = compute_loss
+run_glue_mmr.main({args!r})
+"""
+
+
+def test_a_fault_mid_run_prints_the_error_last(glue_dir, tmp_path):
+    """The progress bar is closed before the one-line error, so the error is the last line."""
+    args = ["--task_name", "rte", "--glue_dir", glue_dir, "--do_train", "--max_train_samples", "32",
+            "--per_device_train_batch_size", "4", "--save_strategy", "no", "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(
+        [sys.executable, "-c", STOP_MID_RUN.format(root=ROOT, args=args)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "it/s" in result.stderr  # the bar was drawn ...
+    assert result.stderr.rstrip().splitlines()[-1] == "run_glue_mmr.py: error: the training loss is nan at step 2"

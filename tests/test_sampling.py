@@ -354,3 +354,19 @@ def test_evaluation_after_selective_training(tmp_path, mode):
     assert math.isfinite(metrics["eval_loss"]) and metrics["eval_samples_per_second"] > 0
     prediction = trainer.predict(synthetic_dataset(n=6, length=10, seed=6))
     assert prediction.predictions.shape == (6, 3)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"per_device_train_batch_size": 8}, "batches per process"),
+        ({"n": 36}, "has 32 examples but the training set has 36"),
+    ],
+)
+def test_resuming_cached_mode_with_other_data_or_batches_is_refused(tmp_path, change, message):
+    common = {"num_train_epochs": 3, "save_strategy": "steps", "save_steps": 10}
+    recording_trainer(tmp_path / "run", "cached", n=32, **common).train()
+    settings = {"n": 32, **common, **change}
+    resumed = recording_trainer(tmp_path / "run", "cached", **settings)
+    with pytest.raises(MMRConfigError, match=message):
+        resumed.train(resume_from_checkpoint=os.path.join(tmp_path, "run", "checkpoint-10"))
