@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification, TrainerCallback
 
 GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue"))
 
@@ -100,3 +100,40 @@ def make_trainer(tmp_path, model=None, dataset=None, trainer_cls=None, args_cls=
 def step_logs(trainer):
     """The training-step entries of the log history."""
     return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+class LambdaLog(TrainerCallback):
+    """Records each training run's (mmr/lambda, mmr/penalty) at its first logged step: one entry per trial."""
+
+    def __init__(self):
+        self.trials = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "mmr/lambda" in logs and state.global_step == 1:
+            self.trials.append((logs["mmr/lambda"], logs["mmr/penalty"]))
+
+
+def search_two_trials(output_dir, **settings):
+    """A 2-trial ``hyperparameter_search`` over ``mmr_hp_space`` on a tiny model: (LambdaLog, its result)."""
+    import optuna
+
+    from hf_mmr import MMRTrainer, MMRTrainingArguments
+    from hf_mmr.search import mmr_hp_space
+
+    args = MMRTrainingArguments(output_dir=str(output_dir), max_steps=2, **{**QUIET, **settings})
+    trainer = MMRTrainer(
+        model_init=lambda: tiny_model("bert", num_labels=3, seed=1),
+        args=args,
+        train_dataset=synthetic_dataset(n=16),
+        eval_dataset=synthetic_dataset(n=8, seed=1),
+    )
+    log = LambdaLog()
+    trainer.add_callback(log)
+    best = trainer.hyperparameter_search(
+        hp_space=mmr_hp_space,
+        n_trials=2,
+        direction="minimize",
+        backend="optuna",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    return log, best

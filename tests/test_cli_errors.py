@@ -25,6 +25,17 @@ def rte_dir(tmp_path, train_rows="0\ta\tb\tentailment\n", dev_rows="0\ta\tb\tnot
     return str(tmp_path / "glue")
 
 
+def data_files(tmp_path, train, dev, extension="csv", *more):
+    """--train_file/--validation_file arguments for two files of the given contents."""
+    return [
+        "--train_file",
+        write(tmp_path / f"a.{extension}", train),
+        "--validation_file",
+        write(tmp_path / f"b.{extension}", dev),
+        *more,
+    ]
+
+
 def checkpoint_with_labels(tmp_path, num_labels):
     """A complete-looking checkpoint folder whose config has ``num_labels`` labels."""
     folder = tmp_path / "other" / "checkpoint-5"
@@ -128,56 +139,22 @@ CASES = [
     ("unknown flag", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lamda", "0.1"], ["--mmr_lamda"]),
     ("missing config file", lambda t, g: [str(t / "absent.yaml")], ["absent.yaml"]),
     # Data files as they come in real projects.
-    (
-        "empty text cell",
-        lambda t, g: [
-            "--train_file",
-            write(t / "a.csv", "text,label\nhi,0\n,1\n"),
-            "--validation_file",
-            write(t / "b.csv", "text,label\nhi,0\n"),
-        ],
-        ["a.csv", "row 2", "'text'", "--drop_rows_with_missing_text"],
-    ),
+    ("empty text cell", lambda t, g: data_files(t, "text,label\nhi,0\n,1\n", "text,label\nhi,0\n"),
+     ["a.csv", "row 2", "'text'", "--drop_rows_with_missing_text"]),
     (
         "empty text cell in json lines",
-        lambda t, g: [
-            "--train_file",
-            write(t / "a.jsonl", '{"text": "hi", "label": 0}\n{"text": null, "label": 1}\n'),
-            "--validation_file",
-            write(t / "b.jsonl", '{"text": "hi", "label": 0}\n'),
-        ],
+        lambda t, g: data_files(t, '{"text": "hi", "label": 0}\n{"text": null, "label": 1}\n',
+                                '{"text": "hi", "label": 0}\n', "jsonl"),
         ["a.jsonl", "row 2", "'text'"],
     ),
-    (
-        "broken json",
-        lambda t, g: [
-            "--train_file",
-            write(t / "a.json", '[{"text": "hi", "label": 0},'),
-            "--validation_file",
-            write(t / "b.json", '[{"text": "hi", "label": 0}]'),
-        ],
-        ["a.json"],
-    ),
-    (
-        "label only in dev",
-        lambda t, g: [
-            "--train_file",
-            write(t / "a.csv", "text,label\nhi,pos\nho,neg\n"),
-            "--validation_file",
-            write(t / "b.csv", "text,label\nhi,meh\n"),
-        ],
-        ["b.csv", "'meh'", "not in the training labels"],
-    ),
+    ("broken json", lambda t, g: data_files(t, '[{"text": "hi", "label": 0},', '[{"text": "hi", "label": 0}]', "json"),
+     ["a.json"]),
+    ("label only in dev", lambda t, g: data_files(t, "text,label\nhi,pos\nho,neg\n", "text,label\nhi,meh\n"),
+     ["b.csv", "'meh'", "not in the training labels"]),
     (
         "single class with mmr",
-        lambda t, g: [
-            "--train_file",
-            write(t / "a.csv", "text,label\nhi,pos\nho,pos\n"),
-            "--validation_file",
-            write(t / "b.csv", "text,label\nhi,pos\n"),
-            "--mmr_lambda",
-            "0.1",
-        ],
+        lambda t, g: data_files(t, "text,label\nhi,pos\nho,pos\n", "text,label\nhi,pos\n", "csv", "--mmr_lambda",
+                                "0.1"),
         ["a.csv", "one class"],
     ),
     (

@@ -6,44 +6,18 @@ import sys
 
 import pytest
 import torch
-from conftest import NO_DROPOUT, QUIET, make_trainer, step_logs, synthetic_dataset, tiny_model
-from transformers import Trainer, TrainerCallback
+from conftest import NO_DROPOUT, make_trainer, search_two_trials, step_logs, tiny_model
+from transformers import Trainer
 
-from hf_mmr import MMRTrainer, MMRTrainingArguments
-from hf_mmr.search import make_mmr_hp_space, mmr_hp_space
+from hf_mmr import MMRTrainer
+from hf_mmr.search import make_mmr_hp_space
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class LambdaLog(TrainerCallback):
-    """The logged mmr/lambda and mmr/penalty of every trial's first step."""
-
-    def __init__(self):
-        self.trials = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "mmr/lambda" in logs and state.global_step == 1:
-            self.trials.append((logs["mmr/lambda"], logs["mmr/penalty"]))
-
-
 def test_two_trials_each_train_with_their_own_setting(tmp_path):
-    optuna = pytest.importorskip("optuna")
-    args = MMRTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, **QUIET)
-    trainer = MMRTrainer(
-        model_init=lambda: tiny_model("bert", num_labels=3, seed=1),
-        args=args,
-        train_dataset=synthetic_dataset(n=16),
-        eval_dataset=synthetic_dataset(n=8, seed=1),
-    )
-    log = LambdaLog()
-    trainer.add_callback(log)
-    best = trainer.hyperparameter_search(
-        hp_space=mmr_hp_space,
-        n_trials=2,
-        direction="minimize",
-        backend="optuna",
-        sampler=optuna.samplers.RandomSampler(seed=0),
-    )
+    pytest.importorskip("optuna")
+    log, best = search_two_trials(tmp_path, per_device_train_batch_size=8)
     assert len(log.trials) == 2
     (first, first_penalty), (second, second_penalty) = log.trials
     assert first != second and all(1e-4 <= value <= 0.1 for value in (first, second))

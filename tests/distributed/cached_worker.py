@@ -11,9 +11,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from conftest import synthetic_dataset, tiny_model
+from conftest import make_trainer, synthetic_dataset
 
-from hf_mmr import MMRTrainer, MMRTrainingArguments
+from hf_mmr import MMRTrainer
 from hf_mmr.sampling import INDEX_KEY
 
 
@@ -34,24 +34,9 @@ class Recorder(MMRTrainer):
 
 
 def main(out: str) -> None:
-    args = MMRTrainingArguments(
-        output_dir=out,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        num_train_epochs=3,
-        mms_selection="cached",
-        mms_keep_quantile=0.25,
-        mms_keep_fraction=0.2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=5,
-        disable_tqdm=True,
-        use_cpu=True,
-    )
-    trainer = Recorder(
-        model=tiny_model("bert", num_labels=3, seed=1), args=args, train_dataset=synthetic_dataset(n=80, length=10)
-    )
+    settings = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "num_train_epochs": 3, "seed": 5}
+    cached = {"mms_selection": "cached", "mms_keep_quantile": 0.25, "mms_keep_fraction": 0.2}
+    trainer = make_trainer(out, None, synthetic_dataset(n=80, length=10), Recorder, use_cpu=True, **settings, **cached)
     trainer.train()
     plan = trainer._plan
     trainer.record.update(
