@@ -27,7 +27,6 @@ from urllib.parse import urlparse
 
 import datasets
 import numpy as np
-import torch
 import transformers
 import yaml
 from datasets import load_dataset
@@ -47,9 +46,9 @@ from hf_mmr.arguments import MMRConfigError
 from hf_mmr.glue import TASKS, GlueDataError, get_task, load_glue_tsv, split_path
 from hf_mmr.head import HeadNotFoundError
 from hf_mmr.margins import MMR_FORMS
-from hf_mmr.search import LAMBDA_RANGE, SEARCHED, apply_setting, make_mmr_hp_space, require_optuna
 from hf_mmr.metrics import glue_compute_metrics, main_metric
 from hf_mmr.recovery import NonFiniteLossError, SaveOnSignal, last_complete_checkpoint
+from hf_mmr.search import LAMBDA_RANGE, SEARCHED, apply_setting, make_mmr_hp_space, require_optuna
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class DataTrainingArguments:
         metadata={
             "help": "Before training, run this many Trainer.hyperparameter_search (optuna) trials of the MMR setting, "
             "each trained on train minus a held-out slice and scored on that slice (never on dev); then train on "
-            "all of train with the best one. 0 = off. Needs: pip install \"hf-mmr[search]\"."
+            'all of train with the best one. 0 = off. Needs: pip install "hf-mmr[search]".'
         },
     )
     mmr_search_heldout_fraction: float = field(
@@ -173,9 +172,7 @@ class DataTrainingArguments:
             if value.lower() not in ("false", "true"):
                 raise UsageError(f"--mmr_search_detach_radius takes false and/or true, got {value!r}")
         try:
-            make_mmr_hp_space(
-                (self.mmr_search_lambda_min, self.mmr_search_lambda_max), self.mmr_search_forms, [False]
-            )
+            make_mmr_hp_space((self.mmr_search_lambda_min, self.mmr_search_lambda_max), self.mmr_search_forms, [False])
         except ValueError as error:
             raise UsageError(f"--mmr_search_lambda_min/max or --mmr_search_forms: {error}") from None
         if self.task_name is not None:
@@ -516,8 +513,9 @@ def encode_labels(raw: datasets.DatasetDict, label_list: list) -> datasets.Datas
                 lambda batch: {"label_id": [ids.get(label, -1) for label in batch["label"]]},
                 batched=True,
                 remove_columns=["label"],
-                features=datasets.Features({**{k: v for k, v in dataset.features.items() if k != "label"},
-                                            "label_id": datasets.Value("int64")}),
+                features=datasets.Features(
+                    {**{k: v for k, v in dataset.features.items() if k != "label"}, "label_id": datasets.Value("int64")}
+                ),
             )
             raw[split] = encoded.rename_column("label_id", "label")
     return raw
@@ -704,7 +702,10 @@ def run(argv: list[str]) -> None:
             sentence1_key, sentence2_key = non_label_columns[0], None
 
     raw_datasets = drop_or_refuse_missing_text(
-        raw_datasets, [key for key in (sentence1_key, sentence2_key) if key], sources, data_args.drop_rows_with_missing_text
+        raw_datasets,
+        [key for key in (sentence1_key, sentence2_key) if key],
+        sources,
+        data_args.drop_rows_with_missing_text,
     )
     padding = "max_length" if data_args.pad_to_max_length else False
     if task is None and not is_regression:

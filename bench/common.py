@@ -90,7 +90,6 @@ def _trec_splits(trec_dir: str) -> tuple[Any, Any]:
     import tempfile
 
     import datasets
-
     from trec import COARSE_CLASSES, to_csv
 
     paths = to_csv(trec_dir, os.path.join(tempfile.gettempdir(), "hf_mmr_trec_csv"))

@@ -217,8 +217,10 @@ def plot(task: str, cells_of_first_seed: dict[str, dict], out: str) -> None:
 
 def table_lines(tasks: dict[str, dict], seeds: list[int]) -> list[str]:
     lines = [
-        f"| task | arm | setting (held-out choice) | dev accuracy, mean ± sd ({len(seeds)} seeds) | "
-        "arm − baseline, 95 % CI | seeds improved | median dev MMS / R | compute s |",
+        (
+            f"| task | arm | setting (held-out choice) | dev accuracy, mean ± sd ({len(seeds)} seeds) | "
+            "arm − baseline, 95 % CI | seeds improved | median dev MMS / R | compute s |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for task, result in tasks.items():
@@ -236,7 +238,9 @@ def table_lines(tasks: dict[str, dict], seeds: list[int]) -> list[str]:
             )
     lines += ["", "| task | held-out accuracy of every grid entry (seed " + str(seeds[0]) + ") |", "|---|---|"]
     for task, result in tasks.items():
-        lines.append(f"| {task} | " + ", ".join(f"{name}: {value:.4f}" for name, value in result["grid"].items()) + " |")
+        lines.append(
+            f"| {task} | " + ", ".join(f"{name}: {value:.4f}" for name, value in result["grid"].items()) + " |"
+        )
     return lines
 
 

@@ -157,16 +157,22 @@ def plot(task: str, runs: dict[str, dict[int, dict]], path: str) -> None:
 
 def table(task: str, summary: dict, seeds: list[int]) -> list[str]:
     lines = [
-        f"{task.upper()}: {summary['train_examples']} train examples, {summary['uniform_steps']} uniform steps, dev "
-        f"every {summary['eval_every']} steps; cached: {summary['cached_setting']}",
+        (
+            f"{task.upper()}: {summary['train_examples']} train examples, {summary['uniform_steps']} uniform steps, "
+            f"dev every {summary['eval_every']} steps; cached: {summary['cached_setting']}"
+        ),
         "",
-        "| arm | seeds | final dev acc., mean ± sd | − uniform, 95 % CI | reached uniform's final | steps to it / "
-        "uniform | seconds to it / uniform | total seconds / uniform, median (range) | total steps / uniform |",
+        (
+            "| arm | seeds | final dev acc., mean ± sd | − uniform, 95 % CI | reached uniform's final | steps to it / "
+            "uniform | seconds to it / uniform | total seconds / uniform, median (range) | total steps / uniform |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, row in summary["arms"].items():
-        to_target = ["—" if value is None else f"{value:.2f}" for value in (row["median_steps_ratio"],
-                                                                           row["median_seconds_ratio"])]
+        to_target = [
+            "—" if value is None else f"{value:.2f}"
+            for value in (row["median_steps_ratio"], row["median_seconds_ratio"])
+        ]
         low, high = row["difference"]["ci95"]
         difference = "" if arm == "uniform" else f"{row['difference']['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
         total = row["total_seconds_ratio"]
@@ -248,9 +254,10 @@ def run_task(options: argparse.Namespace, task: str) -> dict:
         "uniform_steps": steps,
         "eval_every": eval_every,
         "cached_setting": cached,
-        "cached_grid_heldout": None if cached is None else {
-            name: {"accuracy": record["final"][METRIC], "steps": record["steps"]} for name, record in grid.items()
-        } | {"uniform": {"accuracy": uniform_heldout["final"][METRIC], "steps": uniform_heldout["steps"]}},
+        "cached_grid_heldout": None
+        if cached is None
+        else {name: {"accuracy": record["final"][METRIC], "steps": record["steps"]} for name, record in grid.items()}
+        | {"uniform": {"accuracy": uniform_heldout["final"][METRIC], "steps": uniform_heldout["steps"]}},
         "arms": summarize(runs, options.seeds),
         "runs": runs,
     }

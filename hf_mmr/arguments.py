@@ -145,12 +145,18 @@ class MMRTrainingArguments(TrainingArguments):
         scoring = self.mms_scoring_batch_size
         if scoring is not None and (isinstance(scoring, bool) or not isinstance(scoring, int) or scoring < 1):
             raise MMRConfigError(f"--mms_scoring_batch_size must be an integer >= 1, got {scoring!r}")
-        if isinstance(self.mms_warmup_steps, bool) or not isinstance(self.mms_warmup_steps, int) or (
-            self.mms_warmup_steps < 0
+        if (
+            isinstance(self.mms_warmup_steps, bool)
+            or not isinstance(self.mms_warmup_steps, int)
+            or (self.mms_warmup_steps < 0)
         ):
             raise MMRConfigError(f"--mms_warmup_steps must be an integer >= 0, got {self.mms_warmup_steps!r}")
         anneal = self.mms_anneal_epochs
-        if isinstance(anneal, bool) or not isinstance(anneal, (int, float)) or not (math.isfinite(anneal) and anneal >= 0):
+        if (
+            isinstance(anneal, bool)
+            or not isinstance(anneal, (int, float))
+            or not (math.isfinite(anneal) and anneal >= 0)
+        ):
             raise MMRConfigError(f"--mms_anneal_epochs must be a number >= 0, got {anneal!r}")
         for name in ("mms_keep_quantile", "mms_keep_fraction"):
             value = getattr(self, name)
@@ -190,12 +196,14 @@ def _check_training_numbers(args: TrainingArguments) -> None:
         if not (_is_number(value) and value >= 0):
             raise MMRConfigError(f"--{name} must be a finite number >= 0, got {value!r}")
     if not (isinstance(args.max_steps, int) and (args.max_steps > 0 or args.max_steps == -1)):
-        raise MMRConfigError(f"--max_steps must be a positive integer, or -1 to train --num_train_epochs; got "
-                             f"{args.max_steps!r}")
+        raise MMRConfigError(
+            f"--max_steps must be a positive integer, or -1 to train --num_train_epochs; got {args.max_steps!r}"
+        )
     for name in STEP_INTERVALS:
         value = getattr(args, name)
         if value is not None and not (_is_number(value) and value > 0):
-            raise MMRConfigError(f"--{name} must be > 0 (an integer, or a fraction of the training steps), got "
-                                 f"{value!r}")
+            raise MMRConfigError(
+                f"--{name} must be > 0 (an integer, or a fraction of the training steps), got {value!r}"
+            )
     if not (_is_number(args.label_smoothing_factor) and 0 <= args.label_smoothing_factor < 1):
         raise MMRConfigError(f"--label_smoothing_factor must be in [0, 1), got {args.label_smoothing_factor!r}")

@@ -125,7 +125,9 @@ def mmr_penalty(
         return radius.pow(2) * mean
 
 
-def _batch_mean(values: torch.Tensor, sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+def _batch_mean(
+    values: torch.Tensor, sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None
+) -> torch.Tensor:
     """Mean of ``values`` over the (global) batch: sum and count added up over the processes."""
     if sum_over_processes is None:
         return values.mean()

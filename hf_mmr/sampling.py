@@ -202,9 +202,7 @@ class CachedMarginSampler(Sampler[int]):
         if cache.epoch != self.epoch:  # a new epoch; a resumed one keeps its frozen scores
             cache.epoch, cache.epoch_scores = self.epoch, cache.scores.clone()
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        kept, cache.weights = prune_epoch(
-            cache.epoch_scores, self.quantile, self.fraction, self._prunable(), generator
-        )
+        kept, cache.weights = prune_epoch(cache.epoch_scores, self.quantile, self.fraction, self._prunable(), generator)
         yield from kept.tolist()
 
 

@@ -46,7 +46,9 @@ def make_mmr_hp_space(
         space = {"mmr_lambda": trial.suggest_float("mmr_lambda", low, high, log=True)}
         space["mmr_form"] = forms[0] if len(forms) == 1 else trial.suggest_categorical("mmr_form", list(forms))
         space["mmr_detach_radius"] = (
-            detach_radius[0] if len(detach_radius) == 1 else trial.suggest_categorical("mmr_detach_radius", list(detach_radius))
+            detach_radius[0]
+            if len(detach_radius) == 1
+            else trial.suggest_categorical("mmr_detach_radius", list(detach_radius))
         )
         return space
 

@@ -401,8 +401,15 @@ class MMRTrainer(Trainer):
         self._sampler.set_epoch(0)
         self._plan = plan
         num_train_samples = sum(plan.batches) * total_batch_size // args.gradient_accumulation_steps
-        return (len(plan.steps), plan.steps[0], num_examples, num_train_samples, total_batch_size, plan.batches[0],
-                plan.max_steps)
+        return (
+            len(plan.steps),
+            plan.steps[0],
+            num_examples,
+            num_train_samples,
+            total_batch_size,
+            plan.batches[0],
+            plan.max_steps,
+        )
 
     def _init_training_state(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
         """Where a resumed cached-mode run stands, counted in its own epochs (they differ in length)."""
@@ -611,8 +618,12 @@ def _search_section(report: dict) -> str:
     header = "| trial | " + " | ".join(f"`{name}`" for name in names) + f" | held-out {report['metric']} | seconds |"
     rows = [header, "|" + "---|" * (len(names) + 3)]
     for trial in report["trials"]:
-        values = " | ".join(f"{trial['setting'][name]:.4g}" if isinstance(trial["setting"][name], float)
-                            else str(trial["setting"][name]) for name in names)
+        values = " | ".join(
+            f"{trial['setting'][name]:.4g}"
+            if isinstance(trial["setting"][name], float)
+            else str(trial["setting"][name])
+            for name in names
+        )
         rows.append(f"| {trial['trial']} | {values} | {trial['score']:.4f} | {trial['seconds']:.0f} |")
     return (
         f"\n### Choosing the MMR setting\n\n{len(report['trials'])} trials of `Trainer.hyperparameter_search` "

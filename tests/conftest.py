@@ -93,7 +93,9 @@ def make_trainer(tmp_path, model=None, dataset=None, trainer_cls=None, args_cls=
     model = model if model is not None else tiny_model("bert", num_labels=3, seed=1)
     num_labels = getattr(getattr(model, "config", None), "num_labels", 3)
     return (trainer_cls or MMRTrainer)(
-        model=model, args=args, train_dataset=dataset if dataset is not None else synthetic_dataset(num_labels=num_labels)
+        model=model,
+        args=args,
+        train_dataset=dataset if dataset is not None else synthetic_dataset(num_labels=num_labels),
     )
 
 

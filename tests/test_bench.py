@@ -4,12 +4,12 @@ import argparse
 import math
 import os
 
-import pytest
-from common import bounded, task_splits, paired_difference, run_once
-from conftest import GLUE_DIR
 import glue_table
-from glue_table import pick, setting_name
+import pytest
 import time_to_accuracy
+from common import bounded, paired_difference, run_once, task_splits
+from conftest import GLUE_DIR
+from glue_table import pick, setting_name
 from time_to_accuracy import CACHED_GRID, cached_name, choose_cached, summarize
 
 
@@ -49,8 +49,15 @@ def test_study_runs_every_cell_once_chooses_on_heldout_and_summarizes(tmp_path, 
 
     monkeypatch.setattr(glue_table, "fine_tune_once", fake_fine_tune_once)
     monkeypatch.setattr(glue_table, "task_splits", lambda *args: ([0] * 10, [0] * 4))
-    options = argparse.Namespace(out=str(tmp_path), seeds=[42, 43], heldout_fraction=0.2, batch_size=32,
-                                 learning_rate=1e-4, glue_dir="", trec_dir="")
+    options = argparse.Namespace(
+        out=str(tmp_path),
+        seeds=[42, 43],
+        heldout_fraction=0.2,
+        batch_size=32,
+        learning_rate=1e-4,
+        glue_dir="",
+        trec_dir="",
+    )
     result = glue_table.Study(options, "trec", train=True).run()
     heldout = [name for name, split, _ in calls if split != "dev"]
     assert heldout[0] == "grid_baseline_seed42.json" and len(heldout) == 1 + 4 + 1 + 4 + 1  # + top_k 2 per form
@@ -58,7 +65,9 @@ def test_study_runs_every_cell_once_chooses_on_heldout_and_summarizes(tmp_path, 
     assert result["arms"]["margin"]["setting"] == "margin_0.03_k2"
     assert result["arms"]["weights"]["setting"] == "weights_0.001"  # all tied: the smallest, simplest
     assert [name for name, split, _ in calls if split == "dev"][:3] == [
-        "baseline_seed42.json", "margin_0.03_k2_seed42.json", "weights_0.001_seed42.json"
+        "baseline_seed42.json",
+        "margin_0.03_k2_seed42.json",
+        "weights_0.001_seed42.json",
     ]
     assert result["arms"]["margin"]["seeds_improved"] == 2
     assert result["arms"]["margin"]["difference"]["mean"] == pytest.approx(0.01)
@@ -162,8 +171,15 @@ def test_selection_study_runs_heldout_grid_then_interleaved_arms(tmp_path, monke
     monkeypatch.setattr(time_to_accuracy, "fine_tune_once", fake)
     monkeypatch.setattr(time_to_accuracy, "task_splits", lambda *args, **kwargs: ([0] * 64, [0] * 8))
     options = argparse.Namespace(
-        out=str(tmp_path), seeds=[42, 43], select_seeds=[42], select_tasks=["sst2"], heldout_fraction=0.2,
-        batch_size=32, learning_rate=1e-4, glue_dir="", evaluations=3,
+        out=str(tmp_path),
+        seeds=[42, 43],
+        select_seeds=[42],
+        select_tasks=["sst2"],
+        heldout_fraction=0.2,
+        batch_size=32,
+        learning_rate=1e-4,
+        glue_dir="",
+        evaluations=3,
         arms=["uniform", "cached", "select_r2", "select_r10"],
     )
     summary = time_to_accuracy.run_task(options, "sst2")
@@ -172,8 +188,12 @@ def test_selection_study_runs_heldout_grid_then_interleaved_arms(tmp_path, monke
     assert all(training["eval_steps"] == 10**9 for name, training in calls if name.startswith("heldout"))
     chosen = cached_name(summary["cached_setting"])
     assert names[1 + len(CACHED_GRID) :] == [
-        "uniform_seed42.json", f"{chosen}_seed42.json", "select_r2_seed42.json", "select_r10_seed42.json",
-        "uniform_seed43.json", f"{chosen}_seed43.json",
+        "uniform_seed42.json",
+        f"{chosen}_seed42.json",
+        "select_r2_seed42.json",
+        "select_r10_seed42.json",
+        "uniform_seed43.json",
+        f"{chosen}_seed43.json",
     ]
     select = dict(calls)["select_r10_seed42.json"]
     assert select["max_steps"] == 6 and select["mms_pool_factor"] == 10 and select["eval_steps"] == 2

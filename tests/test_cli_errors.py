@@ -139,22 +139,33 @@ CASES = [
     ("unknown flag", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lamda", "0.1"], ["--mmr_lamda"]),
     ("missing config file", lambda t, g: [str(t / "absent.yaml")], ["absent.yaml"]),
     # Data files as they come in real projects.
-    ("empty text cell", lambda t, g: data_files(t, "text,label\nhi,0\n,1\n", "text,label\nhi,0\n"),
-     ["a.csv", "row 2", "'text'", "--drop_rows_with_missing_text"]),
+    (
+        "empty text cell",
+        lambda t, g: data_files(t, "text,label\nhi,0\n,1\n", "text,label\nhi,0\n"),
+        ["a.csv", "row 2", "'text'", "--drop_rows_with_missing_text"],
+    ),
     (
         "empty text cell in json lines",
-        lambda t, g: data_files(t, '{"text": "hi", "label": 0}\n{"text": null, "label": 1}\n',
-                                '{"text": "hi", "label": 0}\n', "jsonl"),
+        lambda t, g: data_files(
+            t, '{"text": "hi", "label": 0}\n{"text": null, "label": 1}\n', '{"text": "hi", "label": 0}\n', "jsonl"
+        ),
         ["a.jsonl", "row 2", "'text'"],
     ),
-    ("broken json", lambda t, g: data_files(t, '[{"text": "hi", "label": 0},', '[{"text": "hi", "label": 0}]', "json"),
-     ["a.json"]),
-    ("label only in dev", lambda t, g: data_files(t, "text,label\nhi,pos\nho,neg\n", "text,label\nhi,meh\n"),
-     ["b.csv", "'meh'", "not in the training labels"]),
+    (
+        "broken json",
+        lambda t, g: data_files(t, '[{"text": "hi", "label": 0},', '[{"text": "hi", "label": 0}]', "json"),
+        ["a.json"],
+    ),
+    (
+        "label only in dev",
+        lambda t, g: data_files(t, "text,label\nhi,pos\nho,neg\n", "text,label\nhi,meh\n"),
+        ["b.csv", "'meh'", "not in the training labels"],
+    ),
     (
         "single class with mmr",
-        lambda t, g: data_files(t, "text,label\nhi,pos\nho,pos\n", "text,label\nhi,pos\n", "csv", "--mmr_lambda",
-                                "0.1"),
+        lambda t, g: data_files(
+            t, "text,label\nhi,pos\nho,pos\n", "text,label\nhi,pos\n", "csv", "--mmr_lambda", "0.1"
+        ),
         ["a.csv", "one class"],
     ),
     (
@@ -180,8 +191,14 @@ CASES = [
     ),
     (
         "model folder without weights",
-        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--model_name_or_path", os.path.dirname(
-            write(t / "model" / "config.json", '{"model_type": "bert", "vocab_size": 10}'))],
+        lambda t, g: [
+            "--task_name",
+            "rte",
+            "--glue_dir",
+            g,
+            "--model_name_or_path",
+            os.path.dirname(write(t / "model" / "config.json", '{"model_type": "bert", "vocab_size": 10}')),
+        ],
         ["--model_name_or_path", "weights"],
     ),
     (
@@ -191,8 +208,11 @@ CASES = [
     ),
     # Numbers run_glue users set.
     *[
-        (f"{flag} {value}", lambda t, g, flag=flag, value=value: ["--task_name", "rte", "--glue_dir", g, flag, value],
-         [flag])
+        (
+            f"{flag} {value}",
+            lambda t, g, flag=flag, value=value: ["--task_name", "rte", "--glue_dir", g, flag, value],
+            [flag],
+        )
         for flag, value in [
             ("--per_device_train_batch_size", "0"),
             ("--per_device_eval_batch_size", "-1"),
@@ -211,9 +231,16 @@ CASES = [
         ]
     ],
     # Config files.
-    ("config syntax error", lambda t, g: [write(t / "bad.yaml", "task_name: rte\nmmr_lambda: [0.1\n")], ["bad.yaml", "line"]),
-    ("config unknown key", lambda t, g: [write(t / "c.yaml", f"task_name: rte\nglue_dir: {g}\nmmr_lamda: 0.1\n")],
-     ["c.yaml", "mmr_lamda"]),
+    (
+        "config syntax error",
+        lambda t, g: [write(t / "bad.yaml", "task_name: rte\nmmr_lambda: [0.1\n")],
+        ["bad.yaml", "line"],
+    ),
+    (
+        "config unknown key",
+        lambda t, g: [write(t / "c.yaml", f"task_name: rte\nglue_dir: {g}\nmmr_lamda: 0.1\n")],
+        ["c.yaml", "mmr_lamda"],
+    ),
     (
         "half-written checkpoint",
         lambda t, g: [
@@ -321,9 +348,27 @@ def test_missing_text_rows_can_be_dropped_on_request(tmp_path):
     train = write(tmp_path / "a.csv", "text,label\nhi there,pos\n,neg\nfine words,neg\nbad words,pos\n")
     dev = write(tmp_path / "b.csv", "text,label\nhello,pos\n")
     result = subprocess.run(
-        [sys.executable, SCRIPT, "--train_file", train, "--validation_file", dev, "--do_train", "--max_steps", "1",
-         "--save_strategy", "no", "--drop_rows_with_missing_text", "--output_dir", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path,
+        [
+            sys.executable,
+            SCRIPT,
+            "--train_file",
+            train,
+            "--validation_file",
+            dev,
+            "--do_train",
+            "--max_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--drop_rows_with_missing_text",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Dropped 1 rows with missing text from {train}" in result.stdout + result.stderr
@@ -351,11 +396,27 @@ run_glue_mmr.main({args!r})
 
 def test_a_fault_mid_run_prints_the_error_last(glue_dir, tmp_path):
     """The progress bar is closed before the one-line error, so the error is the last line."""
-    args = ["--task_name", "rte", "--glue_dir", glue_dir, "--do_train", "--max_train_samples", "32",
-            "--per_device_train_batch_size", "4", "--save_strategy", "no", "--output_dir", str(tmp_path / "out")]
+    args = [
+        "--task_name",
+        "rte",
+        "--glue_dir",
+        glue_dir,
+        "--do_train",
+        "--max_train_samples",
+        "32",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_strategy",
+        "no",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(
         [sys.executable, "-c", STOP_MID_RUN.format(root=ROOT, args=args)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "it/s" in result.stderr  # the bar was drawn ...

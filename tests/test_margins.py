@@ -190,7 +190,7 @@ def test_margin_form_ignores_labels_and_is_radius_over_mean_mms():
 
 
 def test_margin_form_is_scale_free_and_takes_the_given_radius():
-    h, W, b, y = random_head(6, 3, 4, seed=4)
+    h, W, _, y = random_head(6, 3, 4, seed=4)
     base = mmr_penalty(h, W, y, form="margin")
     # Scaling the features scales R and every margin alike: the ratio does not move.
     assert mmr_penalty(h * 7.0, W, y, form="margin").item() == pytest.approx(base.item(), rel=1e-10)

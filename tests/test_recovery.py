@@ -10,9 +10,8 @@ import time
 
 import pytest
 import torch
-from conftest import make_trainer, step_logs, synthetic_dataset, tiny_model
+from conftest import make_trainer, synthetic_dataset, tiny_model
 
-from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.recovery import COMPLETE_MARKER, NonFiniteLossError, last_complete_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -289,7 +289,9 @@ def test_cached_weights_with_accumulation_give_the_full_batch_update(tmp_path, m
     weights = torch.linspace(0.5, 2.0, 8)
     single, _ = fixed_weights_trainer(tmp_path / "8", monkeypatch, weights)
     accumulated, _ = fixed_weights_trainer(tmp_path / "4", monkeypatch, weights, batch=4, accumulation=2)
-    torch.testing.assert_close(single.model.classifier.weight, accumulated.model.classifier.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        single.model.classifier.weight, accumulated.model.classifier.weight, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_pool_split_rounds_to_equal_shares():

@@ -89,8 +89,9 @@ def test_penalty_is_added_to_the_users_own_loss(tmp_path):
 
 def test_the_other_order_warns_that_the_penalty_may_be_skipped(tmp_path, caplog):
     with caplog.at_level("WARNING"):
-        trainer = make_trainer(tmp_path, trainer_cls=WrongOrder, per_device_train_batch_size=8, max_steps=1,
-                               mmr_lambda=0.5)
+        trainer = make_trainer(
+            tmp_path, trainer_cls=WrongOrder, per_device_train_batch_size=8, max_steps=1, mmr_lambda=0.5
+        )
     assert "list MMRTrainer first" in caplog.text
     trainer.train()
     assert "mmr/penalty" not in step_logs(trainer)[0]  # their compute_loss never reached MMRTrainer's
@@ -116,9 +117,23 @@ def test_missing_optuna_is_a_one_line_error(glue_dir, tmp_path, monkeypatch, cap
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "sentinel").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
-        run_glue_mmr.main(["--task_name", "rte", "--glue_dir", glue_dir, "--do_train", "--max_train_samples", "20",
-                           "--mmr_search_trials", "2", "--output_dir", str(tmp_path / "out"),
-                           "--overwrite_output_dir", "true"])
+        run_glue_mmr.main(
+            [
+                "--task_name",
+                "rte",
+                "--glue_dir",
+                glue_dir,
+                "--do_train",
+                "--max_train_samples",
+                "20",
+                "--mmr_search_trials",
+                "2",
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--overwrite_output_dir",
+                "true",
+            ]
+        )
     assert exit_info.value.code == 2
     assert 'pip install "hf-mmr[search]"' in capsys.readouterr().err
     assert os.listdir(tmp_path / "out") == ["sentinel"]
