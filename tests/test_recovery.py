@@ -169,3 +169,75 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(glue_dir, tmp_p
     assert state["global_step"] == 12
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert steps == list(range(1, 13))  # the restored history, then the resumed steps, none twice
+
+
+SIGNAL_INSIDE = """
+import os, signal, sys
+sys.argv[0] = "run_glue_mmr.py"
+sys.path.insert(0, {root!r})
+from hf_mmr import MMRTrainer
+import run_glue_mmr
+
+original = getattr(MMRTrainer, {method!r})
+
+def interrupted(self, *args, **kwargs):
+    if self.state.global_step == 2 and not getattr(self, "_signalled", False):
+        self._signalled = True
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while this method runs to its end
+    return original(self, *args, **kwargs)
+
+setattr(MMRTrainer, {method!r}, interrupted)
+run_glue_mmr.main({args!r})
+"""
+
+
+@pytest.mark.parametrize("method", ["evaluate", "_save_checkpoint"])
+def test_sigterm_during_evaluation_or_saving_leaves_a_complete_checkpoint(glue_dir, tmp_path, method):
+    """The interrupted evaluation or save finishes; the next step saves, marks complete and stops."""
+    out = tmp_path / "out"
+    args = [
+        "--task_name",
+        "rte",
+        "--glue_dir",
+        glue_dir,
+        "--do_train",
+        "--max_steps",
+        "4",
+        "--max_seq_length",
+        "64",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_eval_samples",
+        "8",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--mmr_lambda",
+        "0.1",
+        "--mms_selection",
+        "cached",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(out),
+    ]
+    driver = SIGNAL_INSIDE.format(root=ROOT, method=method, args=args + ["--do_eval"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
+    assert (out / "checkpoint-2" / COMPLETE_MARKER).is_file()  # the save the signal fell into finished
+    resumed = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_glue_mmr.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
