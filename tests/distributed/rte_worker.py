@@ -67,3 +67,5 @@ def main(glue_dir: str, out: str, form: str) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main(*sys.argv[1:4])
+    if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads can abort an exit without it
+        torch.distributed.destroy_process_group()
