@@ -25,6 +25,13 @@ def rte_dir(tmp_path, train_rows="0\ta\tb\tentailment\n", dev_rows="0\ta\tb\tnot
     return str(tmp_path / "glue")
 
 
+def latin1(path, text):
+    """Write ``text`` in latin-1 (not UTF-8) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("latin-1"))
+    return str(path)
+
+
 def data_files(tmp_path, train, dev, extension="csv", *more):
     """--train_file/--validation_file arguments for two files of the given contents."""
     return [
@@ -167,6 +174,16 @@ CASES = [
             t, "text,label\nhi,pos\nho,pos\n", "text,label\nhi,pos\n", "csv", "--mmr_lambda", "0.1"
         ),
         ["a.csv", "one class"],
+    ),
+    (
+        "csv not utf-8",
+        lambda t, g: [
+            "--train_file",
+            latin1(t / "a.csv", "text,label\ncafé,0\nthé,1\n"),
+            "--validation_file",
+            write(t / "b.csv", "text,label\nhi,0\n"),
+        ],
+        ["a.csv"],
     ),
     (
         "tsv not utf-8",
