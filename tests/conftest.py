@@ -139,3 +139,12 @@ def search_two_trials(output_dir, **settings):
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
     return log, best
+
+
+def run_worker(main, *args):
+    """Run a distributed test worker's ``main`` on one thread, then shut its process group down cleanly
+    (without it, gloo's threads can abort the exit after the work is done)."""
+    torch.set_num_threads(1)
+    main(*args)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -8,10 +8,9 @@ import json
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from conftest import make_trainer, synthetic_dataset
+from conftest import make_trainer, run_worker, synthetic_dataset
 
 from hf_mmr import MMRTrainer
 from hf_mmr.sampling import INDEX_KEY
@@ -52,7 +51,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    main(sys.argv[1])
-    if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads can abort an exit without it
-        torch.distributed.destroy_process_group()
+    run_worker(main, sys.argv[1])

@@ -9,12 +9,11 @@ import json
 import os
 import sys
 
-import torch
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from conftest import tiny_model
+from conftest import run_worker, tiny_model
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.glue import load_glue_tsv
@@ -65,7 +64,4 @@ def main(glue_dir: str, out: str, form: str) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    main(*sys.argv[1:4])
-    if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads can abort an exit without it
-        torch.distributed.destroy_process_group()
+    run_worker(main, *sys.argv[1:4])

@@ -8,10 +8,9 @@ import json
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from conftest import search_two_trials
+from conftest import run_worker, search_two_trials
 
 
 def main(out: str) -> None:
@@ -23,7 +22,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    main(sys.argv[1])
-    if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads can abort an exit without it
-        torch.distributed.destroy_process_group()
+    run_worker(main, sys.argv[1])

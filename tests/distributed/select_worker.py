@@ -7,10 +7,9 @@ import json
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from conftest import synthetic_dataset, tiny_model
+from conftest import run_worker, synthetic_dataset, tiny_model
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.sampling import INDEX_KEY
@@ -63,7 +62,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    main(sys.argv[1])
-    if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads can abort an exit without it
-        torch.distributed.destroy_process_group()
+    run_worker(main, sys.argv[1])
