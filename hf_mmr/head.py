@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Self
 
 import torch
@@ -53,29 +54,52 @@ def find_classifier_head(model: nn.Module, head_path: str | None = None) -> tupl
     return candidates[-1]
 
 
-class FeatureCapture:
-    """Forward pre-hook that keeps the latest input of the head, so no second forward pass is needed.
+@dataclass
+class HeadCall:
+    """What one forward pass of the head saw: its input and a copy of its full weight and bias.
 
-    Use as a context manager or call ``remove()``; ``features`` is the (N, d) input of the last call.
+    ``weight`` is a differentiable copy taken inside the head's forward, the only moment when
+    FSDP and DeepSpeed ZeRO-3 hold the full weight (afterwards only a shard remains). The penalty's
+    gradient reaches the real weight through the copy, by the normal autograd path, and is summed
+    with the head's own gradient before the weight's gradient is reduced.
+    """
+
+    features: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+class FeatureCapture:
+    """Forward hook that keeps the latest ``HeadCall`` of the head, so no second forward pass is needed.
+
+    The hook runs first among the head's forward hooks, before a sharding framework frees the
+    gathered weight. Use as a context manager or call ``remove()``.
     """
 
     def __init__(self, head: nn.Linear, head_path: str):
         self.head = head
         self.head_path = head_path
-        self.features: torch.Tensor | None = None
-        self._handle = head.register_forward_pre_hook(self._hook)
+        self.call: HeadCall | None = None
+        self._handle = head.register_forward_hook(self._hook, prepend=True)
 
-    def _hook(self, module: nn.Module, args: tuple) -> None:
-        self.features = args[0]
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        bias = None if module.bias is None else module.bias.detach().clone()
+        self.call = HeadCall(args[0], module.weight.clone(), bias)
 
-    def pop(self, logits: torch.Tensor) -> torch.Tensor:
-        """Return the captured features of the forward pass that produced ``logits`` and forget them."""
-        features, self.features = self.features, None
-        if features is None:
+    def discard(self) -> HeadCall | None:
+        """Return the last call (None if there was none) and forget it."""
+        call, self.call = self.call, None
+        return call
+
+    def pop(self, logits: torch.Tensor) -> HeadCall:
+        """The call of the forward pass that produced ``logits``, checked against their shape, and forget it."""
+        call = self.discard()
+        if call is None:
             raise HeadNotFoundError(
                 f"the head {self.head_path!r} was not called in the forward pass; set mmr_head to the layer that "
                 "produces the logits"
             )
+        features = call.features
         if (
             features.dim() != 2
             or logits.dim() != 2
@@ -87,11 +111,9 @@ class FeatureCapture:
                 f"{tuple(logits.shape)}; MMR needs the final nn.Linear that maps (N, d) features to the (N, C) "
                 "logits: set mmr_head to it"
             )
-        return features
+        return call
 
-    def check_reproduces(
-        self, features: torch.Tensor, logits: torch.Tensor, precision: torch.dtype | None = None
-    ) -> None:
+    def check_reproduces(self, call: HeadCall, logits: torch.Tensor, precision: torch.dtype | None = None) -> None:
         """Fail clearly unless ``W h + b`` equals the logits (the head is really the last layer).
 
         The tolerance is the rounding bound of a dot product computed in ``precision`` (default:
@@ -99,8 +121,8 @@ class FeatureCapture:
         ``|h| . |w|``, so that bf16/fp16 autocast passes and a real mismatch fails.
         """
         with torch.no_grad():
-            h, weight = features.float(), self.head.weight.float()
-            recomputed = nn.functional.linear(h, weight, _bias(self.head))
+            h, weight = call.features.float(), call.weight.float()
+            recomputed = nn.functional.linear(h, weight, None if call.bias is None else call.bias.float())
             scale = h.abs() @ weight.abs().T + 1.0
             tolerance = 8 * torch.finfo(precision or logits.dtype).eps * scale + 1e-5
             mismatch = (recomputed - logits.float()).abs() > tolerance
@@ -118,7 +140,3 @@ class FeatureCapture:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
-
-
-def _bias(linear: nn.Linear) -> torch.Tensor | None:
-    return None if linear.bias is None else linear.bias.float()

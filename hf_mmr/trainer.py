@@ -16,7 +16,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import MMRConfigError, MMRTrainingArguments
-from .head import FeatureCapture, HeadNotFoundError, find_classifier_head
+from .head import FeatureCapture, HeadCall, HeadNotFoundError, find_classifier_head
 from .margins import margin_summary, minimal_margin_scores, mmr_penalty, squared_radius
 from .recovery import NonFiniteLossError, last_complete_checkpoint, mark_complete
 from .sampling import (
@@ -160,15 +160,14 @@ class MMRTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if self._capture is not None and model.training:  # evaluation features are prediction_step's
             logits = logits_of(outputs)
-            features = self._capture.pop(logits)
+            call = self._capture.pop(logits)
             if labels is not None:
-                weight = self._head_weight()
                 if not self._head_checked:
                     autocast = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
-                    self._capture.check_reproduces(features, logits, autocast)
+                    self._capture.check_reproduces(call, logits, autocast)
                     self._head_checked = True
                 with torch.no_grad():
-                    mms = minimal_margin_scores(logits.detach(), weight.detach())
+                    mms = minimal_margin_scores(logits.detach(), call.weight.detach())
                 self._record("mms/mean", mms.mean())
                 for name, value in zip(("mms/p10", "mms/p50", "mms/p90"), torch.quantile(mms, MMS_QUANTILES)):
                     self._record(name, value)
@@ -177,7 +176,7 @@ class MMRTrainer(Trainer):
                     self._remember_scores(indices, mms)
                     loss = self._cache.weighted_loss(logits, labels, indices, self.args.label_smoothing_factor)
                     loss = loss * self._sum_scale(labels.shape[0], num_items_in_batch)
-                term = self._margin_term(features, logits, labels)
+                term = self._margin_term(call, logits, labels)
                 if term is not None:
                     if weighted:
                         factor = labels.shape[0] * self._sum_scale(labels.shape[0], num_items_in_batch)
@@ -193,8 +192,9 @@ class MMRTrainer(Trainer):
             )
         return (loss, outputs) if return_outputs else loss
 
-    def _margin_term(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    def _margin_term(self, call: HeadCall, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         """``lambda_t * MMR`` of this batch (None when MMR is off); records the diagnostics."""
+        features = call.features
         enabled = self.args.mmr_enabled
         if enabled and (labels.dim() != 1 or labels.is_floating_point()):
             raise MMRConfigError("MMR needs one integer class label per example; set --mmr_lambda 0 for this task")
@@ -206,7 +206,7 @@ class MMRTrainer(Trainer):
                 radius = radius.detach()
             penalty = mmr_penalty(
                 features,
-                self._head_weight(),
+                call.weight,
                 labels,
                 logits,
                 self.args.mmr_top_k,
@@ -221,22 +221,6 @@ class MMRTrainer(Trainer):
         if not enabled:
             return None  # adding nothing keeps the loss bit-for-bit that of Trainer
         return lam * penalty
-
-    def _head_weight(self) -> torch.Tensor:
-        """The full (C, d) weight of the head; a sharded one (ZeRO-3, FSDP) cannot give the penalty."""
-        head = self._capture.head
-        weight = head.weight
-        if (
-            weight.dim() != 2
-            or tuple(weight.shape) != (head.out_features, head.in_features)
-            or hasattr(weight, "ds_id")
-        ):
-            raise MMRConfigError(
-                f"the classifier weight {self._capture.head_path!r} is sharded (shape {tuple(weight.shape)}, DeepSpeed "
-                "ZeRO-3 or FSDP full sharding); MMR and MMS need the full weight: use ZeRO stage 2, or FSDP "
-                "with the classifier outside the sharded units"
-            )
-        return weight
 
     def _mean_factor(
         self, loss: torch.Tensor, outputs: Any, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any
@@ -312,13 +296,11 @@ class MMRTrainer(Trainer):
         """The Trainer's step, plus the MMS and feature norm of each example from the same forward pass."""
         result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if self._capture is not None:
-            features, self._capture.features = self._capture.features, None
-            if self._eval_parts is not None and features is not None and features.dim() == 2:
+            call = self._capture.discard()
+            if self._eval_parts is not None and call is not None and call.features.dim() == 2:
                 with torch.no_grad():
-                    head = self._capture.head
-                    h = features.detach().float()
-                    weight = head.weight.detach().float()
-                    logits = F.linear(h, weight, None if head.bias is None else head.bias.detach().float())
+                    h, weight = call.features.detach().float(), call.weight.detach().float()
+                    logits = F.linear(h, weight, None if call.bias is None else call.bias.float())
                     parts = (minimal_margin_scores(logits, weight), h.norm(dim=1))
                     self._eval_parts.append(tuple(t.cpu() for t in self.accelerator.gather_for_metrics(parts)))
         return result
@@ -502,15 +484,17 @@ class MMRTrainer(Trainer):
         chunk = self.args.mms_scoring_batch_size or 4 * self.args.per_device_train_batch_size
         drop = {INDEX_KEY, "labels", *self.label_names}
         try:
-            with torch.inference_mode(), self.compute_loss_context_manager():
+            # no_grad, not inference_mode: FSDP2 would keep the weights it gathers here as inference tensors,
+            # which the next training forward cannot use.
+            with torch.no_grad(), self.compute_loss_context_manager():
                 for first in range(0, size, chunk):
                     rows = order[first : first + chunk].to(scores.device)
                     batch = take_rows(pool, rows)
                     logits = logits_of(net(**{k: v for k, v in batch.items() if k not in drop}))
-                    scores[rows] = minimal_margin_scores(logits, self._head_weight())
+                    scores[rows] = minimal_margin_scores(logits, self._capture.pop(logits).weight)
                     predicted[rows] = logits.argmax(dim=1)
         finally:
-            self._capture.features = None
+            self._capture.discard()
             net.train(was_training)
         return scores, predicted
 

@@ -10,7 +10,7 @@ import transformers.trainer
 from conftest import NO_DROPOUT, available_model_types, make_trainer, step_logs, synthetic_dataset, tiny_model
 from torch import nn
 
-from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, find_classifier_head
+from hf_mmr import find_classifier_head
 
 
 def run(tmp_path, model, steps=2, dataset=None, **kwargs):
@@ -110,21 +110,38 @@ def test_push_to_hub_uploads_the_model_and_card(tmp_path, monkeypatch):
     assert "checkpoint-*" in ignored
 
 
-def test_sharded_classifier_weight_stops_with_a_clear_error(tmp_path):
-    """What ZeRO-3 leaves in a module outside its forward: an empty partition of the weight."""
-    model = tiny_model("bert", num_labels=3)
-    args = MMRTrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=1,
-        per_device_train_batch_size=4,
-        report_to="none",
-        save_strategy="no",
-        mmr_lambda=0.1,
-    )
-    trainer = MMRTrainer(model=model, args=args, train_dataset=synthetic_dataset(n=8))
-    # Like ZeRO-3, release the full weight once the head's forward is done.
-    model.classifier.register_forward_hook(
-        lambda module, inputs, output: setattr(module, "weight", nn.Parameter(torch.empty(0)))
-    )
-    with pytest.raises(MMRConfigError, match="sharded .*use ZeRO stage 2"):
+def release_after_forward(head: nn.Linear) -> None:
+    """Do to the head what DeepSpeed ZeRO-3 does: free the full weight once its forward is done, gather it
+    again when the backward pass reaches the head's output."""
+    full = {"weight": head.weight.data}
+
+    def gather(*_):
+        head.weight.data = full["weight"]
+
+    def release(module, inputs, output):
+        module.weight.data = torch.empty(0)
+        if output.requires_grad:
+            output.register_hook(gather)
+
+    head.register_forward_pre_hook(gather)
+    head.register_forward_hook(release)
+
+
+@pytest.mark.parametrize("selection", ["none", "select"])
+@pytest.mark.parametrize("form", ["weights", "margin"])
+def test_weight_released_after_the_forward_trains_like_the_full_one(tmp_path, form, selection):
+    """MMR and MMS read the weight inside the head's forward, so a sharded head trains exactly like a whole one."""
+    settings = {"mmr_form": form, "mms_selection": selection, "mms_pool_factor": 2, "max_steps": 3}
+    trainers = []
+    for released in (False, True):
+        model = tiny_model("bert", num_labels=3, seed=1, **NO_DROPOUT)
+        if released:  # before the trainer hooks the head, as when a model comes already sharded
+            release_after_forward(model.classifier)
+        trainer = make_trainer(tmp_path / str(released), model, synthetic_dataset(n=24), mmr_lambda=0.5, **settings)
         trainer.train()
+        trainers.append(trainer)
+    full, sharded = (step_logs(trainer) for trainer in trainers)
+    for a, b in zip(full, sharded, strict=True):
+        for key in ("loss", "mmr/penalty", "mms/mean", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    torch.testing.assert_close(trainers[1].model.classifier.weight, trainers[0].model.classifier.weight)

@@ -16,10 +16,11 @@ def test_head_found_and_captured_features_reproduce_logits(model_type):
     input_ids = torch.randint(1, 100, (4, 10))
     with FeatureCapture(head, path) as capture, torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
-        features = capture.pop(logits)
-    assert features.shape == (4, head.in_features)
-    torch.testing.assert_close(features @ head.weight.T + head.bias, logits, rtol=1e-5, atol=1e-5)
-    capture.check_reproduces(features, logits)
+        call = capture.pop(logits)
+    assert call.features.shape == (4, head.in_features)
+    torch.testing.assert_close(call.features @ head.weight.T + head.bias, logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(call.weight, head.weight) and call.weight.data_ptr() != head.weight.data_ptr()
+    capture.check_reproduces(call, logits)
 
 
 def test_override_names_the_module():
