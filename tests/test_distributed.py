@@ -165,8 +165,21 @@ def test_two_processes_agree_with_one_on_the_same_global_batch(glue_dir, tmp_pat
             assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a, b)
 
 
+@pytest.fixture(scope="module")
+def fsdp_records(tmp_path_factory):
+    """The fsdp worker's records, whole on 1 process and sharded on 2: {(world, form): record}."""
+    out = tmp_path_factory.mktemp("fsdp")
+    worker = os.path.join(HERE, "distributed", "fsdp_worker.py")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    single = subprocess.run([sys.executable, worker, str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = launch(worker, str(out))
+    assert double.returncode == 0, double.stderr[-3000:]
+    return {(world, form): torch.load(out / f"{world}_{form}.pt") for world in (1, 2) for form in ("weights", "margin")}
+
+
 @pytest.mark.parametrize("form", ["weights", "margin"])
-def test_fsdp2_sharded_step_equals_the_whole_model(tmp_path, form):
+def test_fsdp2_sharded_step_equals_the_whole_model(fsdp_records, form):
     """FSDP2 on 2 gloo processes, the classifier its own unit (its weight freed right after its forward).
 
     One MMR step and one select-mode scoring: penalty, mean loss and select scores equal the whole
@@ -174,18 +187,7 @@ def test_fsdp2_sharded_step_equals_the_whole_model(tmp_path, form):
     matches (relative 1e-5, with an absolute floor of 1e-5 x the largest gradient for the attention
     key biases, whose true gradient is 0 and whose computed one is rounding noise).
     """
-    worker = os.path.join(HERE, "distributed", "fsdp_worker.py")
-    single = subprocess.run(
-        [sys.executable, worker, str(tmp_path), form],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    double = launch(worker, str(tmp_path), form)
-    assert double.returncode == 0, double.stderr[-3000:]
-    whole, sharded = (torch.load(tmp_path / f"{world}_{form}.pt") for world in (1, 2))
+    whole, sharded = fsdp_records[1, form], fsdp_records[2, form]
     assert sharded["penalty"] == pytest.approx(whole["penalty"], rel=1e-5)
     assert sharded["loss"] == pytest.approx(whole["loss"], rel=1e-5)
     assert sharded["selected"] == whole["selected"] and len(whole["selected"]) == 4

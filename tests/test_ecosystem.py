@@ -127,8 +127,7 @@ def release_after_forward(head: nn.Linear) -> None:
     head.register_forward_hook(release)
 
 
-@pytest.mark.parametrize("selection", ["none", "select"])
-@pytest.mark.parametrize("form", ["weights", "margin"])
+@pytest.mark.parametrize("form,selection", [("weights", "none"), ("margin", "select")])
 def test_weight_released_after_the_forward_trains_like_the_full_one(tmp_path, form, selection):
     """MMR and MMS read the weight inside the head's forward, so a sharded head trains exactly like a whole one."""
     settings = {"mmr_form": form, "mms_selection": selection, "mms_pool_factor": 2, "max_steps": 3}

@@ -1,6 +1,6 @@
 """One MMR step and one select-mode scoring on a tiny BERT, whole on 1 process or FSDP2-sharded on 2.
 
-Arguments: OUT FORM. On 2 processes every transformer layer, the classifier on its own (so that its
+Argument: OUT. For each MMR form, on 2 processes every transformer layer, the classifier on its own (so that its
 weight is freed right after its forward, the hardest case) and the root are ``fully_shard``-ed; each
 process takes its half of the same global batch of 8. Writes OUT/{world}_{form}.pt from the main
 process: the penalty, the loss averaged over processes, every full gradient, the select pool's
@@ -51,7 +51,12 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def main(out: str, form: str) -> None:
+def main(out: str) -> None:
+    for form in ("weights", "margin"):
+        one_step(out, form)
+
+
+def one_step(out: str, form: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args = MMRTrainingArguments(
         output_dir=out,
@@ -97,4 +102,4 @@ def main(out: str, form: str) -> None:
 
 
 if __name__ == "__main__":
-    run_worker(main, *sys.argv[1:3])
+    run_worker(main, sys.argv[1])
