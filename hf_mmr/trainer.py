@@ -90,6 +90,7 @@ class MMRTrainer(Trainer):
     """
 
     args: MMRTrainingArguments
+    _initialized = False  # Trainer.__init__ calls model_init before MMRTrainer.__init__ has attached the head
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -107,6 +108,7 @@ class MMRTrainer(Trainer):
         self.eval_margins: dict[str, Any] | None = None
         self.search_report: dict | None = None  # a search's trials and choice, shown in the model card
         self._attach_head()
+        self._initialized = True
         if self.args.mmr_enabled and _overrides_compute_loss_before(type(self)):
             logger.warning(
                 "%s overrides compute_loss before MMRTrainer in its bases, so the MMR penalty may never be added; "
@@ -142,7 +144,7 @@ class MMRTrainer(Trainer):
     def call_model_init(self, trial: Any = None) -> nn.Module:
         """A fresh model from ``model_init`` (hyperparameter search), with its head captured."""
         model = super().call_model_init(trial)
-        if getattr(self, "_window", None) is not None:  # after __init__: re-attach to the new model
+        if self._initialized:  # a later model (a search trial): capture its head instead
             self.model = model
             self._attach_head()
         return model

@@ -62,6 +62,11 @@ def glue_dir() -> str:
     return GLUE_DIR
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a script or worker a test starts: offline, quiet tokenizers, plus ``extra``."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
 # What every unit test's trainer shares: a fast, quiet run that saves nothing.

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
@@ -332,7 +333,7 @@ def test_every_bad_input_fails_cleanly(tmp_path):
         text=True,
         timeout=600,
         cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env=subprocess_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = json.loads(result.stdout.strip().splitlines()[-1])
@@ -355,7 +356,7 @@ def test_real_command_line(tmp_path, name):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env=subprocess_env(),
         cwd=tmp_path,
     )
     check(result.returncode, result.stderr, CASES[index][2], output_dir)
@@ -384,7 +385,7 @@ def test_missing_text_rows_can_be_dropped_on_request(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env=subprocess_env(),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -433,7 +434,7 @@ def test_a_fault_mid_run_prints_the_error_last(glue_dir, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env=subprocess_env(),
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "it/s" in result.stderr  # the bar was drawn ...

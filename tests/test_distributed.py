@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import subprocess_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,7 +29,7 @@ def launch(script, *args, timeout=600):
         script,
         *args,
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = subprocess_env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -152,7 +153,7 @@ def test_two_processes_agree_with_one_on_the_same_global_batch(glue_dir, tmp_pat
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        env=subprocess_env(),
     )
     assert single.returncode == 0, single.stderr[-3000:]
     double = launch(worker, glue_dir, str(tmp_path), form)
@@ -170,7 +171,7 @@ def fsdp_records(tmp_path_factory):
     """The fsdp worker's records, whole on 1 process and sharded on 2: {(world, form): record}."""
     out = tmp_path_factory.mktemp("fsdp")
     worker = os.path.join(HERE, "distributed", "fsdp_worker.py")
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = subprocess_env()
     single = subprocess.run([sys.executable, worker, str(out)], capture_output=True, text=True, timeout=600, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     double = launch(worker, str(out))

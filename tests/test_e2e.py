@@ -7,13 +7,14 @@ import sys
 import time
 
 import pytest
+from conftest import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
 
 
 def run_script(*args, env=None, timeout=600):
-    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    full_env = subprocess_env(**(env or {}))
     return subprocess.run(
         [sys.executable, SCRIPT, *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT
     )

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import make_trainer, synthetic_dataset, tiny_model
+from conftest import make_trainer, subprocess_env, synthetic_dataset, tiny_model
 
 from hf_mmr.recovery import COMPLETE_MARKER, NonFiniteLossError, last_complete_checkpoint
 
@@ -137,7 +137,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(glue_dir, tmp_p
         "--output_dir",
         str(out),
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = subprocess_env()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 300
     logged = 0
@@ -227,7 +227,7 @@ def test_sigterm_during_evaluation_or_saving_leaves_a_complete_checkpoint(glue_d
         str(out),
     ]
     driver = SIGNAL_INSIDE.format(root=ROOT, method=method, args=args + ["--do_eval"])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = subprocess_env()
     result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
