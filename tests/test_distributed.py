@@ -33,6 +33,17 @@ def launch(script, *args, timeout=600):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def on_one_and_two_processes(worker: str, *args: str) -> None:
+    """Run a worker of tests/distributed as one plain process, then on two under accelerate."""
+    path = os.path.join(HERE, "distributed", worker)
+    single = subprocess.run(
+        [sys.executable, path, *args], capture_output=True, text=True, timeout=600, env=subprocess_env()
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = launch(path, *args)
+    assert double.returncode == 0, double.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def select_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("select")
@@ -135,9 +146,21 @@ def test_run_glue_on_two_processes(glue_dir, tmp_path, mode):
         assert steps[0]["epoch"] == pytest.approx(1 / (2490 // 8), rel=0.02)
 
 
+@pytest.fixture(scope="module")
+def rte_histories(glue_dir, tmp_path_factory):
+    """The rte worker's logged steps on 1 process (batch 8) and on 2 (batch 4 each): {(world, form): steps}."""
+    out = tmp_path_factory.mktemp("rte")
+    on_one_and_two_processes("rte_worker.py", glue_dir, str(out))
+    return {
+        (world, form): json.loads((out / f"history{world}_{form}.json").read_text())
+        for world in (1, 2)
+        for form in ("weights", "margin")
+    }
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("form", ["weights", "margin"])
-def test_two_processes_agree_with_one_on_the_same_global_batch(glue_dir, tmp_path, form):
+def test_two_processes_agree_with_one_on_the_same_global_batch(rte_histories, form):
     """Loss, radius and penalty of 3 MMR steps on real RTE: 2 x batch 4 vs 1 x batch 8 (same data order).
 
     Tolerance: relative 1e-4 (the all-reduce sums gradients in another order). The radius is the
@@ -147,19 +170,7 @@ def test_two_processes_agree_with_one_on_the_same_global_batch(glue_dir, tmp_pat
     loss of models that accept **kwargs by the number of processes, a scale that MMRTrainer
     applies to the penalty too.)
     """
-    worker = os.path.join(HERE, "distributed", "rte_worker.py")
-    single = subprocess.run(
-        [sys.executable, worker, glue_dir, str(tmp_path), form],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=subprocess_env(),
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    double = launch(worker, glue_dir, str(tmp_path), form)
-    assert double.returncode == 0, double.stderr[-3000:]
-    one = json.loads((tmp_path / f"history1_{form}.json").read_text())
-    two = json.loads((tmp_path / f"history2_{form}.json").read_text())
+    one, two = rte_histories[1, form], rte_histories[2, form]
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         for key in ("loss", "mmr/radius", "mmr/penalty", "mms/mean"):
@@ -170,12 +181,7 @@ def test_two_processes_agree_with_one_on_the_same_global_batch(glue_dir, tmp_pat
 def fsdp_records(tmp_path_factory):
     """The fsdp worker's records, whole on 1 process and sharded on 2: {(world, form): record}."""
     out = tmp_path_factory.mktemp("fsdp")
-    worker = os.path.join(HERE, "distributed", "fsdp_worker.py")
-    env = subprocess_env()
-    single = subprocess.run([sys.executable, worker, str(out)], capture_output=True, text=True, timeout=600, env=env)
-    assert single.returncode == 0, single.stderr[-3000:]
-    double = launch(worker, str(out))
-    assert double.returncode == 0, double.stderr[-3000:]
+    on_one_and_two_processes("fsdp_worker.py", str(out))
     return {(world, form): torch.load(out / f"{world}_{form}.pt") for world in (1, 2) for form in ("weights", "margin")}
 
 

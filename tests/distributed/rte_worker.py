@@ -1,7 +1,7 @@
 """Three MMR steps on the first examples of real RTE; run with 1 process (batch 8) or 2 processes (batch 4 each).
 
 Sequential sampling and no dropout make the two runs see the same global batches, so their logged
-loss, radius and penalty must agree. Arguments: GLUE_DIR OUT FORM (the ``mmr_form``). Writes
+loss, radius and penalty must agree. Arguments: GLUE_DIR OUT. For each ``mmr_form``, writes
 OUT/history{world_size}_{form}.json from the main process.
 """
 
@@ -20,8 +20,7 @@ from hf_mmr.glue import load_glue_tsv
 from run_glue_mmr import default_model_dir
 
 
-def main(glue_dir: str, out: str, form: str) -> None:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def main(glue_dir: str, out: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     data = load_glue_tsv(glue_dir, "rte", ["train"])["train"].select(range(24))
     data = data.map(
@@ -29,6 +28,12 @@ def main(glue_dir: str, out: str, form: str) -> None:
         batched=True,
         remove_columns=["sentence1", "sentence2", "idx"],
     )
+    for form in ("weights", "margin"):
+        train(data, tokenizer, out, form)
+
+
+def train(data, tokenizer, out: str, form: str) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     model = tiny_model(
         "bert",
         num_labels=2,
@@ -64,4 +69,4 @@ def main(glue_dir: str, out: str, form: str) -> None:
 
 
 if __name__ == "__main__":
-    run_worker(main, *sys.argv[1:4])
+    run_worker(main, *sys.argv[1:3])
