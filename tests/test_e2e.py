@@ -260,11 +260,18 @@ def test_eval_mms_saved_and_report_draws_it(mrpc_run, tmp_path):
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_report_names_a_missing_run(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "hf_mmr.report", str(tmp_path)], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 2 and "trainer_state.json" in result.stderr and "Traceback" not in result.stderr
+def report_error(argv: list[str], capsys) -> str:
+    """The one-line error with which ``python -m hf_mmr.report`` stops (exit code 2)."""
+    from hf_mmr.report import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_report_names_a_missing_run(tmp_path, capsys):
+    assert "trainer_state.json" in report_error([str(tmp_path)], capsys)
 
 
 @pytest.mark.e2e
@@ -282,10 +289,9 @@ print(result)
     assert "equivalent" in result.stdout
 
 
-def test_report_without_matplotlib_names_the_extra(tmp_path):
+def test_report_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     """`pip install hf-mmr` has no matplotlib: the report says in one line how to get it."""
     (tmp_path / "trainer_state.json").write_text('{"log_history": []}')
-    code = f"import sys; sys.modules['matplotlib'] = None; from hf_mmr.report import main; main([{str(tmp_path)!r}])"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].endswith('plotting needs matplotlib: pip install "hf-mmr[plot]"')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without matplotlib sees
+    error = report_error([str(tmp_path)], capsys)
+    assert error.endswith('plotting needs matplotlib: pip install "hf-mmr[plot]"')
