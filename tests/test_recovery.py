@@ -193,7 +193,9 @@ run_glue_mmr.main({args!r})
 
 @pytest.mark.parametrize("method", ["evaluate", "_save_checkpoint"])
 def test_sigterm_during_evaluation_or_saving_leaves_a_complete_checkpoint(glue_dir, tmp_path, method):
-    """The interrupted evaluation or save finishes; the next step saves, marks complete and stops."""
+    """The interrupted evaluation or save finishes; the next step saves, marks complete and stops.
+
+    (That the same command resumes from such a checkpoint is the test above's business.)"""
     out = tmp_path / "out"
     args = [
         "--task_name",
@@ -227,17 +229,9 @@ def test_sigterm_during_evaluation_or_saving_leaves_a_complete_checkpoint(glue_d
         str(out),
     ]
     driver = SIGNAL_INSIDE.format(root=ROOT, method=method, args=args + ["--do_eval"])
-    env = subprocess_env()
-    result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", driver], capture_output=True, text=True, env=subprocess_env(), timeout=600
+    )
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
     assert (out / "checkpoint-2" / COMPLETE_MARKER).is_file()  # the save the signal fell into finished
-    resumed = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "run_glue_mmr.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
