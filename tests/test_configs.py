@@ -24,10 +24,15 @@ def test_config_parses(path):
     assert data_args.task_name in {"mnli", "qqp", "qnli", "mrpc", "sst2", "rte"}
     assert training_args.do_train and training_args.do_eval and training_args.mmr_lambda > 0
     if os.path.basename(path) == "default.yaml":
+        # The form study's recipe and MRPC's held-out choice.
         assert model_args.model_name_or_path == default_model_dir() and data_args.glue_dir
+        assert training_args.mmr_form == "weights" and training_args.mmr_lambda == 0.01
+        assert training_args.learning_rate == 1e-4 and training_args.num_train_epochs == 2
     else:
+        # The authors' BERT recipe: margin form, constant 0.01, batch 8, lr 2e-5.
         assert model_args.model_name_or_path == "bert-base-uncased"
-        assert training_args.learning_rate == 2e-5 and training_args.per_device_train_batch_size == 32
+        assert training_args.learning_rate == 2e-5 and training_args.per_device_train_batch_size == 8
+        assert training_args.mmr_form == "margin" and training_args.mmr_lambda == training_args.mmr_lambda_start == 0.01
 
 
 def test_flags_after_the_file_override_it():
@@ -43,7 +48,7 @@ def test_flags_after_the_file_override_it():
         ]
     )
     assert training_args.mmr_lambda == 0.05 and training_args.num_train_epochs == 1
-    assert data_args.glue_dir == "/data/glue" and training_args.mmr_lambda_start == 1e-4  # the rest from the file
+    assert data_args.glue_dir == "/data/glue" and training_args.mmr_form == "margin"  # the rest from the file
 
 
 def test_json_config(tmp_path):
