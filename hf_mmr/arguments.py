@@ -52,7 +52,8 @@ class MMRTrainingArguments(TrainingArguments):
             "help": "Which MMR penalty: 'weights' = mean_i mean_{j in J_i} R^2 ||w_{y_i} - w_j||^2 (the authors' CNN "
             "code; J_i the mmr_top_k strongest wrong classes) or 'margin' = R / mean_i m_i, m_i the mean distance "
             "of h_i to the mmr_top_k nearest decision boundaries of its predicted class (the authors' BERT code). "
-            "R = max_i ||h_i|| over the batch."
+            "R = max_i ||h_i|| over the batch. The default is the form that cost less accuracy in the form study "
+            "(docs/RESULTS.md), where neither beat the baseline."
         },
     )
     mmr_top_k: int = field(
