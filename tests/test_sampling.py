@@ -120,6 +120,8 @@ def test_resume_mid_epoch_reproduces_batches_and_weights(tmp_path, mode):
         "save_strategy": "steps",
         "save_steps": 5,
         "mms_anneal_epochs": 1,
+        "mms_keep_quantile": 0.5,
+        "mms_keep_fraction": 0.5,
     }
     full = recording_trainer(tmp_path / "full", mode, n=32, **common)
     full.train()
