@@ -34,7 +34,7 @@ class Recorder(MMRTrainer):
 
 def main(out: str) -> None:
     settings = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "num_train_epochs": 3, "seed": 5}
-    cached = {"mms_selection": "cached", "mms_keep_quantile": 0.25, "mms_keep_fraction": 0.2}
+    cached = {"mms_selection": "cached", "mms_keep_quantile": 0.25, "mms_keep_fraction": 0.2, "mms_anneal_epochs": 1}
     trainer = make_trainer(out, None, synthetic_dataset(n=80, length=10), Recorder, use_cpu=True, **settings, **cached)
     trainer.train()
     plan = trainer._plan
