@@ -155,8 +155,14 @@ class EpochLengths(RecordingTrainer):
 
 
 def cached_run(tmp_path, **kwargs):
-    settings = {"n": 40, "num_train_epochs": 3, "mms_keep_quantile": 0.25, "mms_keep_fraction": 0.2}
-    settings |= {"mms_anneal_epochs": 1, **kwargs}
+    settings = {
+        "n": 40,
+        "num_train_epochs": 3,
+        "mms_keep_quantile": 0.25,
+        "mms_keep_fraction": 0.2,
+        "mms_anneal_epochs": 1,
+        **kwargs,
+    }
     dataset = synthetic_dataset(n=settings.pop("n"), length=10)
     trainer = make_trainer(
         tmp_path, None, dataset, EpochLengths, per_device_train_batch_size=4, seed=3, mms_selection="cached", **settings
