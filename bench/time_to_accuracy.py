@@ -9,6 +9,9 @@ Arms, all ``MMRTrainer`` with the same model, data, batch size, learning rate an
   keep quantile, keep fraction and anneal are chosen per task on a held-out slice of train with the
   first seed: the setting with the fewest steps whose held-out accuracy is within ``TOLERANCE`` of
   uniform's on the same slice (if none is, the most accurate one);
+* ``uniform_short``: the Trainer's sampler for as many steps as ``cached`` took with the same seed, its
+  learning rate decaying over those steps: the control that tells whether cached's accuracy comes
+  from its shorter schedule or from the examples it keeps;
 * ``select_r{r}``: ``mms_selection select`` with pool factor ``r`` (each step trains on the lowest-MMS
   batch of ``r`` batches scored by an extra forward pass), for as many steps as uniform.
 
@@ -21,7 +24,7 @@ with the same settings, so the study can run task by task. Results per task:
 ``OUT/<task>_time_to_accuracy.json`` and ``.md``, and ``OUT/<task>_curves.png``.
 
     python bench/time_to_accuracy.py --out docs/selection_study --tasks sst2
-    python bench/time_to_accuracy.py --out docs/selection_study --tasks mrpc --arms uniform cached
+    python bench/time_to_accuracy.py --out docs/selection_study --tasks mrpc --arms uniform cached uniform_short
 """
 
 from __future__ import annotations
@@ -46,11 +49,13 @@ CACHED_GRID = [
 # Held-out accuracy a cached setting may lose against uniform and still count as equal.
 TOLERANCE = 0.003
 POOL_FACTORS = (2, 4, 10)
+# In the order they run for each seed: uniform_short needs cached's step count.
+ARMS = ("uniform", "cached", "uniform_short", *(f"select_r{r}" for r in POOL_FACTORS))
 
 
 def arm_arguments(arm: str, cached: dict | None = None) -> dict:
-    """The MMR arguments of an arm: ``uniform``, ``cached`` (with its chosen setting) or ``select_r{r}``."""
-    if arm == "uniform":
+    """The MMR arguments of an arm: ``uniform(_short)``, ``cached`` (with its chosen setting) or ``select_r{r}``."""
+    if arm in ("uniform", "uniform_short"):
         return {"mms_selection": "none"}
     if arm == "cached":
         return {"mms_selection": "cached", **(cached or {})}
@@ -134,7 +139,7 @@ def plot(task: str, runs: dict[str, dict[int, dict]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    colors = dict(zip(runs, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    colors = dict(zip(runs, ("tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple")))
     for arm, by_seed in runs.items():
         for index, record in enumerate(by_seed.values()):
             for ax, x in zip(axes, ("step", "train_seconds")):
@@ -189,8 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory for the runs, the summary and the plots")
     parser.add_argument("--tasks", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    arms = ["uniform", "cached", *(f"select_r{r}" for r in POOL_FACTORS)]
-    parser.add_argument("--arms", nargs="+", default=arms, choices=arms)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44, 45, 46])
     parser.add_argument("--select_seeds", nargs="+", type=int, default=[42, 43, 44], help="seeds of the select arms")
     parser.add_argument("--select_tasks", nargs="+", default=["sst2"], choices=list(RECIPES))
@@ -200,6 +204,8 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=bounded(float, 0), default=1e-4)
     parser.add_argument("--glue_dir", default=DEFAULT_GLUE_DIR)
     options = parser.parse_args()
+    if "uniform_short" in options.arms and "cached" not in options.arms:
+        parser.error("--arms uniform_short needs cached too: it trains as many steps as cached took with the same seed")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,14 +240,19 @@ def run_task(options: argparse.Namespace, task: str) -> dict:
     train, dev = task_splits(task, RECIPES[task]["train_size"], glue_dir=options.glue_dir)
     steps = math.ceil(len(train) / options.batch_size) * EPOCHS
     eval_every = max(1, steps // options.evaluations)
-    arms = [arm for arm in options.arms if not arm.startswith("select") or task in options.select_tasks]
-    arms = ["uniform"] + [arm for arm in arms if arm != "uniform"]
+    wanted = {"uniform", *options.arms}
+    arms = [arm for arm in ARMS if arm in wanted and (not arm.startswith("select") or task in options.select_tasks)]
     runs: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
     for seed in options.seeds:
         for arm in arms:
             if arm.startswith("select") and seed not in options.select_seeds:
                 continue
-            length = {"max_steps": steps} if arm.startswith("select") else {"num_train_epochs": EPOCHS}
+            if arm.startswith("select"):
+                length = {"max_steps": steps}
+            elif arm == "uniform_short":
+                length = {"max_steps": runs["cached"][seed]["steps"]}
+            else:
+                length = {"num_train_epochs": EPOCHS}
             training = {**base, "seed": seed, "eval_steps": eval_every, **length, **arm_arguments(arm, cached)}
             name = cached_name(cached) if arm == "cached" else arm
             path = os.path.join(folder, f"{name}_seed{seed}.json")

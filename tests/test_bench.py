@@ -3,6 +3,8 @@
 import argparse
 import math
 import os
+import subprocess
+import sys
 
 import glue_table
 import pytest
@@ -164,7 +166,7 @@ def test_selection_study_runs_heldout_grid_then_interleaved_arms(tmp_path, monke
 
     def fake(path, task, train, evaluation, training, **labels):
         calls.append((os.path.basename(path), training))
-        steps = training.get("max_steps", 10)
+        steps = training.get("max_steps", 7 if training["mms_selection"] == "cached" else 10)
         curve = [{"step": steps, "train_seconds": float(steps), "eval_accuracy": 0.8}]
         return {"final": curve[-1], "curve": curve, "steps": steps, "train_seconds": float(steps)}
 
@@ -180,21 +182,38 @@ def test_selection_study_runs_heldout_grid_then_interleaved_arms(tmp_path, monke
         learning_rate=1e-4,
         glue_dir="",
         evaluations=3,
-        arms=["uniform", "cached", "select_r2", "select_r10"],
+        arms=["select_r10", "uniform_short", "select_r2", "cached"],  # uniform is implied, the order canonical
     )
     summary = time_to_accuracy.run_task(options, "sst2")
     names = [name for name, _ in calls]
-    assert names[0] == "heldout_uniform_seed42.json" and len(names) == 1 + len(CACHED_GRID) + 4 + 2
+    assert names[0] == "heldout_uniform_seed42.json" and len(names) == 1 + len(CACHED_GRID) + 5 + 3
     assert all(training["eval_steps"] == 10**9 for name, training in calls if name.startswith("heldout"))
     chosen = cached_name(summary["cached_setting"])
     assert names[1 + len(CACHED_GRID) :] == [
         "uniform_seed42.json",
         f"{chosen}_seed42.json",
+        "uniform_short_seed42.json",
         "select_r2_seed42.json",
         "select_r10_seed42.json",
         "uniform_seed43.json",
         f"{chosen}_seed43.json",
+        "uniform_short_seed43.json",
     ]
     select = dict(calls)["select_r10_seed42.json"]
     assert select["max_steps"] == 6 and select["mms_pool_factor"] == 10 and select["eval_steps"] == 2
-    assert set(summary["arms"]) == {"uniform", "cached", "select_r2", "select_r10"}
+    short = dict(calls)["uniform_short_seed43.json"]  # cached's steps, uniform sampling
+    assert short["max_steps"] == 7 and short["mms_selection"] == "none" and "num_train_epochs" not in short
+    assert list(summary["arms"]) == ["uniform", "cached", "uniform_short", "select_r2", "select_r10"]
+    assert summary["arms"]["uniform_short"]["total_steps_ratio"] == 0.7
+
+
+def test_the_short_uniform_control_needs_the_cached_arm(tmp_path):
+    script = os.path.join(os.path.dirname(time_to_accuracy.__file__), "time_to_accuracy.py")
+    done = subprocess.run(
+        [sys.executable, script, "--out", str(tmp_path), "--arms", "uniform", "uniform_short"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "--arms uniform_short needs cached too" in done.stderr
+    assert os.listdir(tmp_path) == []
