@@ -132,6 +132,11 @@ def summarize(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
                 row["seconds_per_step"] / seconds_per_step(runs["uniform"][row["seed"]]) for row in rows
             ),
         }
+    if "cached" in runs and "uniform_short" in runs:
+        # Same steps and schedule, different examples: what the choice of examples adds or costs.
+        seeds = sorted(runs["uniform_short"])
+        finals = {arm: [runs[arm][seed]["final"][METRIC] for seed in seeds] for arm in ("cached", "uniform_short")}
+        result["cached"]["minus_uniform_short"] = paired_difference(finals["cached"], finals["uniform_short"])
     return result
 
 
@@ -187,6 +192,13 @@ def table(task: str, summary: dict, seeds: list[int]) -> list[str]:
             f"{total['max']:.2f}) | {row['total_steps_ratio']:.2f} |"
         )
     lines.append("\nRatios to the target are medians over the seeds that reached it; totals over every seed.\n")
+    if "minus_uniform_short" in summary["arms"].get("cached", {}):
+        versus = summary["arms"]["cached"]["minus_uniform_short"]
+        low, high = versus["ci95"]
+        lines.append(
+            f"cached − uniform_short (same steps, examples chosen by MMS against uniformly): "
+            f"{versus['mean']:+.4f} [{low:+.4f}, {high:+.4f}] over {versus['n']} seeds.\n"
+        )
     return lines
 
 

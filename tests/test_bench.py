@@ -145,6 +145,29 @@ def test_time_to_target_compares_first_arrivals_with_uniforms_own():
     assert result["select"]["seconds_per_step_ratio"] == pytest.approx(3.0)
     assert result["cached"]["total_seconds_ratio"]["median"] == pytest.approx(1.2)
     assert result["cached"]["difference"]["mean"] == pytest.approx(0.01)
+    assert "minus_uniform_short" not in result["cached"]
+
+
+def test_cached_is_compared_with_the_uniform_run_of_its_own_length_seed_by_seed():
+    finals = {"uniform": (0.80, 0.82), "cached": (0.78, 0.81), "uniform_short": (0.79, 0.79)}
+    runs = {
+        arm: {
+            seed: {
+                "final": {"eval_accuracy": value},
+                "curve": curve([(10, 10, value)]),
+                "steps": 10,
+                "train_seconds": 10,
+            }
+            for seed, value in zip((1, 2), values)
+        }
+        for arm, values in finals.items()
+    }
+    result = summarize(runs, [1, 2])
+    versus = result["cached"]["minus_uniform_short"]  # -0.01 and +0.02
+    assert versus["mean"] == pytest.approx(0.005) and versus["n"] == 2
+    summary = {"train_examples": 8, "uniform_steps": 10, "eval_every": 5, "cached_setting": {}, "arms": result}
+    text = "\n".join(time_to_accuracy.table("sst2", summary, [1, 2]))
+    assert "cached − uniform_short (same steps, examples chosen by MMS against uniformly): +0.0050" in text
 
 
 def test_cached_setting_is_the_fastest_one_that_matches_uniform_on_heldout():
