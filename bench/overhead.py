@@ -14,6 +14,7 @@ The last line printed is one JSON object with the median ratios.
 
     python bench/overhead.py --quick            # < 10 minutes on 2 CPU cores
     python bench/overhead.py --repeats 5 --steps 60
+    python bench/overhead.py --quick --arms select --pool_factor 4 --scoring_batch_size 16
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ("plain", "mmr", "select", "cached")
 
 
-def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str) -> dict:
+def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str, select: dict) -> dict:
     """Train one arm for ``steps`` steps and measure it (runs in its own process)."""
     import torch
     from transformers import (
@@ -85,7 +86,7 @@ def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str) -> dict:
     else:
         selection = arm if arm in ("select", "cached") else "none"
         trainer_cls = MMRTrainer
-        args = MMRTrainingArguments(**common, mmr_lambda=0.1, mms_selection=selection, mms_anneal_epochs=0)
+        args = MMRTrainingArguments(**common, mmr_lambda=0.1, mms_selection=selection, mms_anneal_epochs=0, **select)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -121,7 +122,11 @@ def run_arm(arm: str, options: argparse.Namespace) -> dict:
         str(options.batch),
         "--glue_dir",
         options.glue_dir,
+        "--pool_factor",
+        str(options.pool_factor),
     ]
+    if options.scoring_batch_size:
+        command += ["--scoring_batch_size", str(options.scoring_batch_size)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -144,11 +149,18 @@ def main() -> None:
     parser.add_argument(
         "--glue_dir", default=os.environ.get("GLUE_DIR", os.path.join(ROOT, "..", "shared", "data", "glue"))
     )
+    parser.add_argument(
+        "--pool_factor", type=bounded(int, 0), default=10, help="select's mms_pool_factor (the RESULTS figures: 10)"
+    )
+    parser.add_argument(
+        "--scoring_batch_size", type=bounded(int, 0), help="select's mms_scoring_batch_size (default: the trainer's)"
+    )
     parser.add_argument("--output", help="also write the JSON result to this file")
     parser.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
-        print(json.dumps(child(options.child, options.steps, options.warmup, options.batch, options.glue_dir)))
+        select = {"mms_pool_factor": options.pool_factor, "mms_scoring_batch_size": options.scoring_batch_size}
+        print(json.dumps(child(options.child, options.steps, options.warmup, options.batch, options.glue_dir, select)))
         return
     if not os.path.isdir(os.path.join(options.glue_dir, "MRPC")):
         raise SystemExit(f"--glue_dir {options.glue_dir!r} has no MRPC/ folder")
@@ -172,6 +184,8 @@ def main() -> None:
         "steps": options.steps,
         "warmup_steps": options.warmup,
         "batch": options.batch,
+        "pool_factor": options.pool_factor,
+        "scoring_batch_size": options.scoring_batch_size,
         "repeats": options.repeats,
         "total_seconds": round(time.time() - start, 1),
         "arms": {},
