@@ -90,8 +90,9 @@ class MMRTrainingArguments(TrainingArguments):
     mms_scoring_batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "select: examples per forward pass when scoring a pool (inference only, so larger than the "
-            "training batch fits). Default: 4 x per_device_train_batch_size."
+            "help": "select: examples per forward pass when scoring a pool, in chunks of similar length (inference "
+            "only, so larger than the training batch fits, but each chunk is padded to its longest example). "
+            "Default: per_device_train_batch_size."
         },
     )
     mms_warmup_steps: int = field(

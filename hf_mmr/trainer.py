@@ -480,10 +480,10 @@ class MMRTrainer(Trainer):
         order = torch.argsort(mask.sum(dim=1)) if isinstance(mask, torch.Tensor) else torch.arange(size)
         scores = torch.empty(size, device=pool[INDEX_KEY].device)
         predicted = torch.empty(size, dtype=torch.long, device=pool[INDEX_KEY].device)
-        # Larger chunks than the training batch: inference keeps no activations, and each forward pass has a
-        # fixed cost that dominates on small batches (scoring 320 SST-2 sentences on CPU, chunks of 64 and 160
-        # took 0.58 and 0.39 x the time of chunks of 32). Length-sorted chunks keep the padding small.
-        chunk = self.args.mms_scoring_batch_size or 4 * self.args.per_device_train_batch_size
+        # Length-sorted chunks of one training batch: a chunk is padded to its longest candidate, and on MRPC
+        # at batch 32 they gave select 1.06-1.24x the throughput of chunks of 4 batches, whose padding outweighs
+        # the fewer forward passes (docs/RESULTS.md, "Select's scoring chunks").
+        chunk = self.args.mms_scoring_batch_size or self.args.per_device_train_batch_size
         drop = {INDEX_KEY, "labels", *self.label_names}
         try:
             # no_grad, not inference_mode: FSDP2 would keep the weights it gathers here as inference tensors,

@@ -56,7 +56,7 @@ def brute_force_scores(model, dataset, indices):
     return torch.tensor(scores)
 
 
-@pytest.mark.parametrize("scoring_batch_size", [None, 3])
+@pytest.mark.parametrize("scoring_batch_size", [None, 3, 16])
 def test_select_trains_on_the_pool_lowest_mms(tmp_path, scoring_batch_size):
     dataset = synthetic_dataset(n=48, length=10)
     # Variable lengths, so that length-sorted scoring chunks really trim padding.
@@ -71,7 +71,7 @@ def test_select_trains_on_the_pool_lowest_mms(tmp_path, scoring_batch_size):
         dataset=dataset,
         max_steps=1,
         mmr_lambda=0.1,
-        mms_scoring_batch_size=scoring_batch_size,  # None: the whole pool of 16 at once; 3: six ragged chunks
+        mms_scoring_batch_size=scoring_batch_size,  # None: chunks of one batch (4); 3: six ragged; 16: all
     )
     trainer.train()
     (pool,), (trained,) = trainer.pools, trainer.trained
