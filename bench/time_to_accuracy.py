@@ -196,7 +196,7 @@ def table(task: str, summary: dict, seeds: list[int]) -> list[str]:
         versus = summary["arms"]["cached"]["minus_uniform_short"]
         low, high = versus["ci95"]
         lines.append(
-            f"cached − uniform_short (same steps, examples chosen by MMS against uniformly): "
+            f"Cached − uniform_short, seed by seed (same steps, examples chosen by MMS or uniformly): "
             f"{versus['mean']:+.4f} [{low:+.4f}, {high:+.4f}] over {versus['n']} seeds.\n"
         )
     return lines

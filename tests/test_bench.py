@@ -167,7 +167,7 @@ def test_cached_is_compared_with_the_uniform_run_of_its_own_length_seed_by_seed(
     assert versus["mean"] == pytest.approx(0.005) and versus["n"] == 2
     summary = {"train_examples": 8, "uniform_steps": 10, "eval_every": 5, "cached_setting": {}, "arms": result}
     text = "\n".join(time_to_accuracy.table("sst2", summary, [1, 2]))
-    assert "cached − uniform_short (same steps, examples chosen by MMS against uniformly): +0.0050" in text
+    assert "Cached − uniform_short, seed by seed (same steps, examples chosen by MMS or uniformly): +0.0050" in text
 
 
 def test_cached_setting_is_the_fastest_one_that_matches_uniform_on_heldout():
