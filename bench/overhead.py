@@ -50,7 +50,7 @@ def child(arm: str, steps: int, warmup: int, batch: int, glue_dir: str, select: 
     sys.path.insert(0, ROOT)
     from hf_mmr import MMRTrainer, MMRTrainingArguments
     from hf_mmr.glue import load_glue_tsv
-    from run_glue_mmr import default_model_dir
+    from hf_mmr import default_model_dir
 
     torch.manual_seed(0)
     model_dir = default_model_dir()

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 
 import datasets
 
-
-class GlueDataError(ValueError):
-    """A GLUE directory or TSV file that cannot be read as the task expects."""
+from .errors import GlueDataError
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Self
-
 import torch
 from torch import nn
 
-
-class HeadNotFoundError(ValueError):
-    """The model's logits do not come from a final ``nn.Linear`` that could be found."""
+from .errors import HeadNotFoundError
 
 
 def _num_labels(model: nn.Module) -> int | None:
@@ -135,7 +131,7 @@ class FeatureCapture:
     def remove(self) -> None:
         self._handle.remove()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> FeatureCapture:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,10 +17,6 @@ COMPLETE_MARKER = "checkpoint_complete"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became nan or inf; the weights and the checkpoints on disk are from before it."""
-
-
 def mark_complete(checkpoint_dir: str) -> None:
     with open(os.path.join(checkpoint_dir, COMPLETE_MARKER), "w") as handle:
         handle.write("ok\n")

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .arguments import MMRConfigError
+from .errors import MMRConfigError
 
 INDEX_KEY = "mmr_example_index"
 

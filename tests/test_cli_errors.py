@@ -397,7 +397,7 @@ import sys
 sys.argv[0] = "run_glue_mmr.py"
 sys.path.insert(0, {root!r})
 from hf_mmr import MMRTrainer
-from hf_mmr.recovery import NonFiniteLossError
+from hf_mmr import NonFiniteLossError
 import run_glue_mmr
 
 original = MMRTrainer.compute_loss

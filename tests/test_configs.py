@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from run_glue_mmr import default_model_dir, parse_args
+from hf_mmr import default_model_dir
+from run_glue_mmr import parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from hf_mmr.glue import TASKS, GlueDataError, load_glue_tsv, read_tsv
+from hf_mmr import GlueDataError
+from hf_mmr.glue import TASKS, load_glue_tsv, read_tsv
 from hf_mmr.metrics import glue_scores, load_glue_metric
 
 # Label names and ids of the Hub's nyu-mll/glue (features["label"].names).

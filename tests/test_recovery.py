@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import make_trainer, subprocess_env, synthetic_dataset, tiny_model
 
-from hf_mmr.recovery import COMPLETE_MARKER, NonFiniteLossError, last_complete_checkpoint
+from hf_mmr import NonFiniteLossError
+from hf_mmr.recovery import COMPLETE_MARKER, last_complete_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

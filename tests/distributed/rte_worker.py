@@ -17,7 +17,7 @@ from conftest import run_worker, tiny_model
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.glue import load_glue_tsv
-from run_glue_mmr import default_model_dir
+from hf_mmr import default_model_dir
 
 
 def main(glue_dir: str, out: str) -> None:

@@ -1,0 +1,27 @@
+"""The errors hf-mmr raises: every one derives from ``MMRError``, and its message says what to fix in one line."""
+
+from __future__ import annotations
+
+
+class MMRError(Exception):
+    """Base of every error hf-mmr raises on purpose; ``run_glue_mmr.py`` prints it as one line."""
+
+
+class MMRConfigError(MMRError, ValueError):
+    """A setting that cannot work; the message names the setting and what to change."""
+
+
+class HeadNotFoundError(MMRError, ValueError):
+    """The model's logits do not come from a final ``nn.Linear`` that could be found."""
+
+
+class GlueDataError(MMRError, ValueError):
+    """A GLUE task name, folder or TSV file that cannot be read; the message names the file and line."""
+
+
+class CheckpointError(MMRError, ValueError):
+    """A checkpoint that cannot be resumed (damaged, incomplete, or of other data); the message names the file."""
+
+
+class NonFiniteLossError(MMRError, RuntimeError):
+    """The training loss became nan or inf; the weights and the checkpoints on disk are from before it."""
