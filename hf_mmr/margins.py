@@ -23,6 +23,13 @@ Notation: ``h`` (N x d) are the inputs of the final linear layer, ``W`` (C x d) 
     the radius-to-margin ratio of margin bounds: invariant to the scale of the features and of
     the head, so it cannot be lowered by shrinking ``R`` alone.
 
+* Margins of the given label ``y_i`` (negative when the example is misclassified), the signals
+  of label-error detection:
+
+  - geometric: ``min_{j != y_i} (z_{i,y_i} - z_{i,j}) / ||w_{y_i} - w_j||``, the signed distance of
+    ``h_i`` to the nearest boundary of its label's region;
+  - logit (the margin of AUM, Pleiss et al. 2020): ``z_{i,y_i} - max_{j != y_i} z_{i,j}``.
+
 Everything is computed in float32 (or float64 if the inputs are float64), outside any
 autocast region, so that R^2 of large features cannot overflow in half precision.
 This module is pure: tensors in, tensors out.
@@ -157,6 +164,26 @@ def minimal_margin_scores(logits: torch.Tensor, weight: torch.Tensor, top_k: int
         if top_k == 1:
             return scores.min(dim=1).values
         return scores.topk(top_k, dim=1, largest=False).values.mean(dim=1)
+
+
+def label_margins(
+    logits: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed margins of each example's given label, both of shape (N,): ``(geometric, logit)``.
+
+    ``geometric_i = min_{j != y_i} (z_{i,y_i} - z_{i,j}) / max(||w_{y_i} - w_j||, DISTANCE_EPS)`` and
+    ``logit_i = z_{i,y_i} - max_{j != y_i} z_{i,j}``; both are negative when another class wins.
+    """
+    with _no_autocast(logits.device):
+        logits, weight = _full_precision(logits, weight)
+        labels = labels.long()
+        own = torch.nn.functional.one_hot(labels, weight.shape[0]).bool()
+        gaps = logits.gather(1, labels[:, None]) - logits  # (N, C), 0 at the label itself
+        squared = (weight[labels][:, None, :] - weight[None, :, :]).pow(2).sum(dim=-1)
+        distances = squared.masked_fill(own, 1.0).clamp_min(DISTANCE_EPS**2).sqrt()
+        geometric = (gaps / distances).masked_fill(own, float("inf")).min(dim=1).values
+        logit = gaps.masked_fill(own, float("inf")).min(dim=1).values
+        return geometric, logit
 
 
 def margin_summary(scores: torch.Tensor, feature_norms: torch.Tensor) -> dict[str, float]:

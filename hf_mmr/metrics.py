@@ -1,7 +1,8 @@
-"""The official GLUE metrics, computed with numpy alone, and their ``evaluate`` wrapper.
+"""The official GLUE metrics and calibration, computed with numpy alone, and their ``evaluate`` wrapper.
 
 accuracy for every classification task; F1 of the positive class (id 1) for MRPC and QQP;
-Matthews correlation for CoLA; Pearson and Spearman correlation for STS-B.
+Matthews correlation for CoLA; Pearson and Spearman correlation for STS-B; the expected
+calibration error and the negative log-likelihood of a classifier's probabilities.
 """
 
 from __future__ import annotations
@@ -55,6 +56,31 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(_average_ranks(x), _average_ranks(y))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error (Guo et al. 2017) of class probabilities ``probs`` (N x C).
+
+    The confidence of an example is its largest probability; bin ``b`` holds the confidences in
+    ``(b / n_bins, (b + 1) / n_bins]`` (a confidence of 0 joins the first bin), and
+    ``ECE = sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|``.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    if probs.ndim != 2 or len(probs) != len(labels) or not len(labels):
+        raise ValueError(f"need probs of shape (N, C) and N labels, got {probs.shape} and {labels.shape}")
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    gaps = np.bincount(bins, weights=correct - confidence, minlength=n_bins)
+    # |sum of (correct - confidence)| over a bin = |B_b| * |accuracy(B_b) - mean confidence(B_b)|
+    return float(np.abs(gaps[counts > 0]).sum() / len(labels))
+
+
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean ``-log p_{y_i}`` of class probabilities ``probs`` (N x C), floored at 1e-12 to stay finite."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    return float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean())
 
 
 def glue_scores(task: str | None, predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:

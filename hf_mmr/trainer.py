@@ -15,10 +15,13 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .arguments import MMRConfigError, MMRTrainingArguments
-from .head import FeatureCapture, HeadCall, HeadNotFoundError, find_classifier_head
+from .arguments import MMRTrainingArguments
+from .errors import CheckpointError, HeadNotFoundError, MMRConfigError, NonFiniteLossError
+from .head import FeatureCapture, HeadCall, find_classifier_head
 from .margins import margin_summary, minimal_margin_scores, mmr_penalty, squared_radius
-from .recovery import NonFiniteLossError, last_complete_checkpoint, mark_complete
+from .metrics import expected_calibration_error, negative_log_likelihood
+from .recording import MarginRecorder
+from .recovery import last_complete_checkpoint, mark_complete
 from .sampling import (
     INDEX_KEY,
     CachedMarginSampler,
@@ -37,6 +40,9 @@ logger = logging.getLogger(__name__)
 # Quantiles of each training batch's MMS that are logged (as mms/p10, mms/p50, mms/p90).
 MMS_QUANTILES = torch.tensor([0.1, 0.5, 0.9])
 
+# Written into output_dir by record_margins: one row per training example.
+MARGINS_FILE = "train_margins.csv"
+
 # Every MMR and MMS setting, as recorded in the model card.
 MMR_SETTINGS = (
     "mmr_lambda",
@@ -53,6 +59,7 @@ MMR_SETTINGS = (
     "mms_keep_quantile",
     "mms_keep_fraction",
     "mms_anneal_epochs",
+    "record_margins",
 )
 
 # How the model card states each form of the penalty.
@@ -104,7 +111,9 @@ class MMRTrainer(Trainer):
         self._plan: EpochPlan | None = None  # cached mode: the epochs of the current run
         self._last_step_start: float | None = None
         self._loss_is_batch_mean: bool | None = None  # see _mean_factor
-        self._eval_parts: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (MMS, ||h||) per eval batch
+        self._eval_parts: list[dict[str, torch.Tensor]] | None = None  # MMS, ||h||, probabilities per eval batch
+        self._recorder: MarginRecorder | None = None
+        self.train_margins = None  # record_margins: the per-example table of the last training run
         self.eval_margins: dict[str, Any] | None = None
         self.search_report: dict | None = None  # a search's trials and choice, shown in the model card
         self._attach_head()
@@ -170,6 +179,8 @@ class MMRTrainer(Trainer):
                     self._head_checked = True
                 with torch.no_grad():
                     mms = minimal_margin_scores(logits.detach(), call.weight.detach())
+                if self._recorder is not None and indices is not None:
+                    self._record_examples(indices, logits, call.weight, labels)
                 self._record("mms/mean", mms.mean())
                 for name, value in zip(("mms/p10", "mms/p50", "mms/p90"), torch.quantile(mms, MMS_QUANTILES)):
                     self._record(name, value)
@@ -295,7 +306,7 @@ class MMRTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """The Trainer's step, plus the MMS and feature norm of each example from the same forward pass."""
+        """The Trainer's step, plus each example's MMS, feature norm and class probabilities from the same forward."""
         result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if self._capture is not None:
             call = self._capture.discard()
@@ -303,33 +314,42 @@ class MMRTrainer(Trainer):
                 with torch.no_grad():
                     h, weight = call.features.detach().float(), call.weight.detach().float()
                     logits = F.linear(h, weight, None if call.bias is None else call.bias.float())
-                    parts = (minimal_margin_scores(logits, weight), h.norm(dim=1))
-                    self._eval_parts.append(tuple(t.cpu() for t in self.accelerator.gather_for_metrics(parts)))
+                    parts = {"mms": minimal_margin_scores(logits, weight), "norm": h.norm(dim=1)}
+                    labels = inputs.get("labels")
+                    if _single_label(labels) and logits.shape[1] > 1:
+                        parts.update(probs=logits.softmax(dim=1), labels=labels.to(logits.device))
+                    gathered = self.accelerator.gather_for_metrics(parts)
+                    self._eval_parts.append({name: value.cpu() for name, value in gathered.items()})
         return result
 
     def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
-        """The Trainer's loop; its metrics gain ``<prefix>_mms_median`` and ``<prefix>_relative_margin_median``."""
+        """The Trainer's loop; its metrics gain ``<prefix>_mms_median``, ``<prefix>_relative_margin_median`` and,
+        for single-label classification, ``<prefix>_ece`` and ``<prefix>_nll``."""
         self._eval_parts = [] if self._capture is not None else None
         try:
             output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
         finally:
             parts, self._eval_parts = self._eval_parts, None
         if parts:
-            scores, norms = (torch.cat(column) for column in zip(*parts))
+            columns = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+            scores, norms = columns["mms"], columns["norm"]
             self.eval_margins = {"mms": scores.numpy(), "radius": float(norms.max())}
             summary = margin_summary(scores, norms)
+            if "probs" in columns:
+                probs, labels = columns["probs"].double().numpy(), columns["labels"].numpy()
+                summary.update(ece=expected_calibration_error(probs, labels), nll=negative_log_likelihood(probs, labels))
             output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in summary.items()})
         return output
 
     # ------------------------------------------------------------------ data
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if self.args.mms_selection != "none" and INDEX_KEY not in self._signature_columns:
+        if self._needs_indices and INDEX_KEY not in self._signature_columns:
             self._signature_columns.append(INDEX_KEY)  # so that unused-column removal keeps it
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
-        """With MMS sampling, batches also carry example indices; select mode loads pools of r x batch."""
-        if self.args.mms_selection == "none":
+        """With MMS sampling or recording, batches also carry example indices; select mode loads pools of r x batch."""
+        if not self._needs_indices:
             return super().get_train_dataloader()
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
@@ -349,6 +369,10 @@ class MMRTrainer(Trainer):
             )
         finally:
             self.data_collator = collator
+
+    @property
+    def _needs_indices(self) -> bool:
+        return self.args.mms_selection != "none" or self.args.record_margins
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         if self.args.mms_selection != "cached":
@@ -422,6 +446,18 @@ class MMRTrainer(Trainer):
             mms = self.accelerator.gather(self.accelerator.pad_across_processes(mms, pad_index=0))
             mms, indices = mms[indices >= 0], indices[indices >= 0]
         self._cache.update(indices, mms)
+
+    def _record_examples(
+        self, indices: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        """Add a trained micro-batch to the per-example table (every process adds the global batch)."""
+        values = self._recorder.values(logits, weight, labels)
+        indices = indices.to(values.device)
+        if self.args.world_size > 1:
+            indices = self.accelerator.gather(self.accelerator.pad_across_processes(indices, pad_index=-1))
+            values = self.accelerator.gather(self.accelerator.pad_across_processes(values, dim=1).T).T
+            values, indices = values[:, indices >= 0], indices[indices >= 0]
+        self._recorder.add(indices, values)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
         """Select mode: count the labels of the examples that will be trained on, not of the whole pools."""
@@ -577,7 +613,36 @@ class MMRTrainer(Trainer):
                 raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
         if not resume_from_checkpoint:
             self._cache = None  # a fresh run starts from unscored examples
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        self._recorder = None
+        if self.args.record_margins:
+            if not hasattr(self.train_dataset, "__len__"):
+                raise MMRConfigError("--record_margins needs a map-style train_dataset (one with a length)")
+            self._recorder = MarginRecorder(len(self.train_dataset))
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self._recorder is not None:
+            self.train_margins = self._recorder.table()
+            self.save_train_margins()
+        return output
+
+    def save_train_margins(self, extra_columns: Mapping[str, Any] | None = None, label_names: Any = None) -> str | None:
+        """Write ``train_margins`` to ``output_dir/train_margins.csv`` (on the main process); returns the path.
+
+        ``extra_columns`` (name -> one value per training example, such as the texts) are added after
+        ``index``; with ``label_names`` the label and prediction columns gain their names.
+        """
+        if self.train_margins is None or not self.is_world_process_zero():
+            return None
+        table = self.train_margins.copy()
+        for position, (name, values) in enumerate((extra_columns or {}).items(), start=1):
+            table.insert(position, name, list(values))
+        if label_names is not None:
+            names = dict(enumerate(label_names))
+            for column in ("label", "last_prediction"):
+                table.insert(table.columns.get_loc(column) + 1, f"{column}_name", table[column].map(names))
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        path = os.path.join(self.args.output_dir, MARGINS_FILE)
+        table.to_csv(path, index=False)
+        return path
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """The Trainer's checkpoint, plus the MMS cache, then a marker saying that saving finished."""
@@ -588,10 +653,19 @@ class MMRTrainer(Trainer):
             )
             if self._cache is not None:
                 self._cache.save(folder, self._plan.batches if self._plan is not None else [])
+            if self._recorder is not None:
+                self._recorder.save(folder)
             mark_complete(folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if model is None and self._recorder is not None and not self._recorder.load(resume_from_checkpoint):
+            logger.warning(
+                "%s has no %s (it was saved without --record_margins): train_margins counts only the steps "
+                "from here on",
+                resume_from_checkpoint,
+                MarginRecorder.FILE_NAME,
+            )
         if model is None and self.args.mms_selection == "cached":
             if self._cache is None or self._cache.scores.numel() != len(self.train_dataset):
                 self._cache = MarginCache(len(self.train_dataset))
@@ -627,6 +701,11 @@ def _overrides_compute_loss_before(cls: type) -> bool:
         if base is not cls and "compute_loss" in vars(base):
             return True
     return False
+
+
+def _single_label(labels: Any) -> bool:
+    """Whether ``labels`` are one integer class id per example."""
+    return isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.is_floating_point()
 
 
 def _check_single_label(model: nn.Module) -> None:
