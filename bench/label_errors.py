@@ -96,15 +96,45 @@ def detection(table: dict[str, list], flipped: list[int]) -> dict[str, float]:
     return result
 
 
-def run(options: argparse.Namespace, task: str, noise: float, seed: int, variant: str = "noisy") -> dict | None:
-    """One run: ``noisy`` (all of the noisy train, margins recorded), ``cleaned`` (without the noisy run's
-    suspects) or ``oracle`` (without the true flips). None if missing and ``--summary_only``."""
-    name = f"noise{noise:g}_seed{seed}.json" if variant == "noisy" else f"noise{noise:g}_{variant}_seed{seed}.json"
-    path = os.path.join(options.out, "runs", task, name)
+def arm_name(arm: dict) -> str:
+    """A file-name-safe label of an arm's own settings: ``baseline``, ``ls0.1``, ``weights_0.01``, ``margin_0.003``."""
+    if arm.get("label_smoothing_factor"):
+        return f"ls{arm['label_smoothing_factor']:g}"
+    if arm.get("mmr_lambda"):
+        return f"{arm['mmr_form']}_{arm['mmr_lambda']:g}"
+    return "baseline"
+
+
+def run(
+    options: argparse.Namespace,
+    task: str,
+    noise: float,
+    seed: int,
+    variant: str = "noisy",
+    arm: dict | None = None,
+    heldout_fraction: float = 0.0,
+    out: str | None = None,
+    train_size: int | None | str = "recipe",
+    epochs: float = RECIPE["num_train_epochs"],
+) -> dict | None:
+    """One run, its record stored under ``out`` (default ``options.out``); None if missing and ``--summary_only``.
+
+    ``variant``: ``noisy`` (the noisy train, margins recorded, the flipped examples probed), ``cleaned``
+    (without the noisy run's suspects), ``oracle`` (without the true flips), or ``small`` (a clean subset
+    of ``train_size`` examples, as the regime study runs it). ``arm``: the run's own settings
+    (``label_smoothing_factor``, or ``mmr_form`` and ``mmr_lambda``); ``heldout_fraction`` > 0 scores the
+    run on that slice of the (noisy) train instead of dev. Within a task every other setting is the same.
+    """
+    arm = arm or {}
+    size = TRAIN_SIZES[task] if train_size == "recipe" else train_size
+    parts = [f"noise{noise:g}"] + (["heldout"] if heldout_fraction else [])
+    parts += [arm_name(arm)] if arm else []
+    parts += [variant] if variant != "noisy" else []
+    path = os.path.join(out or options.out, "runs", task, "_".join(parts) + f"_seed{seed}.json")
     if options.summary_only and not os.path.isfile(path):
         return None
-    train, dev = task_splits(
-        task, TRAIN_SIZES[task], 0.0, options.glue_dir, options.trec_dir, label_noise=noise, noise_seed=NOISE_SEED
+    train, evaluation = task_splits(
+        task, size, heldout_fraction, options.glue_dir, options.trec_dir, label_noise=noise, noise_seed=NOISE_SEED
     )
     flipped = flipped_indices(train)
     removed: list[int] = []
@@ -116,7 +146,15 @@ def run(options: argparse.Namespace, task: str, noise: float, seed: int, variant
     elif variant == "oracle":
         removed = flipped
     kept = sorted(set(range(len(train))) - set(removed))
-    training = {"seed": seed, "eval_steps": 10**9, **RECIPE, "mmr_lambda": 0.0, "record_margins": variant == "noisy"}
+    training = {
+        "seed": seed,
+        "eval_steps": 10**9,
+        **RECIPE,
+        "num_train_epochs": epochs,
+        "mmr_lambda": 0.0,
+        "record_margins": variant == "noisy",
+        **arm,
+    }
     settings = {
         "task": task,
         "variant": variant,
@@ -127,13 +165,17 @@ def run(options: argparse.Namespace, task: str, noise: float, seed: int, variant
         "mmr_form": "weights",
         **training,
     }
+    if heldout_fraction:
+        settings["heldout_fraction"] = heldout_fraction
+    if size != TRAIN_SIZES[task]:
+        settings["train_subset"] = size
 
     def make() -> dict:
         data = train.select(kept)
-        probe = train.select(flipped) if variant == "noisy" else None
-        record = fine_tune(task, data, dev, probe=probe, **training)
-        record.update(task=task, variant=variant, flipped=flipped, removed=removed)
-        if variant == "noisy":
+        probe = train.select(flipped) if variant == "noisy" and flipped else None
+        record = fine_tune(task, data, evaluation, probe=probe, **training)
+        record.update(task=task, variant=variant, arm=arm_name(arm), flipped=flipped, removed=removed)
+        if probe is not None:
             record["detection"] = detection(record["train_margins"], flipped)
             record["probe_accuracy"] = record["probe"]["probe_accuracy"]
         return record
