@@ -20,6 +20,8 @@ import os
 import socket
 import sys
 import time
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +49,13 @@ from hf_mmr.glue import TASKS, get_task, load_glue_tsv, split_path
 from hf_mmr.margins import MMR_FORMS
 from hf_mmr.metrics import glue_compute_metrics, main_metric
 from hf_mmr.model import DEFAULT_MODEL_HUB_NAME, default_model_dir
-from hf_mmr.recovery import SaveOnSignal, last_complete_checkpoint
+from hf_mmr.recovery import (
+    SaveOnSignal,
+    check_resumable,
+    checkpoint_problem,
+    checkpoints,
+    last_complete_checkpoint,
+)
 from hf_mmr.search import LAMBDA_RANGE, SEARCHED, apply_setting, make_mmr_hp_space, require_optuna
 
 logger = logging.getLogger(__name__)
@@ -264,6 +272,7 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
         unknown_keys = [key for key in values if key not in known]
         if unknown_keys:
             raise UsageError(f"config file {argv[0]}: unknown key {unknown_keys[0]!r}; see --help for the names")
+        check_config_types(values, argv[0], (ModelArguments, DataTrainingArguments, MMRTrainingArguments))
         argv = config_to_flags(values) + argv[1:]
     model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
@@ -271,6 +280,63 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
     if unknown:
         raise UsageError(f"unknown argument {unknown[0]!r}; see --help")
     return model_args, data_args, training_args
+
+
+def _accepts(kind: Any, value: Any) -> bool:
+    """Whether a config value can stand for a field of type ``kind`` (as its command-line flag would parse it)."""
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(argument, value) for argument in arguments)
+    if kind is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in arguments
+    if origin in (list, tuple):  # a flag with nargs also takes a single item
+        items = value if isinstance(value, list) else [value]
+        return all(_accepts(arguments[0] if arguments else Any, item) for item in items)
+    if kind is dict or origin is dict:
+        return isinstance(value, dict)
+    if isinstance(value, (list, dict)):
+        return False
+    if kind is bool:
+        return isinstance(value, bool) or str(value).lower() in ("true", "false", "yes", "no", "1", "0")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            return False
+        try:
+            kind(value)  # YAML reads 1e-4 (no dot) as a string; argparse would parse it
+        except (TypeError, ValueError):
+            return False
+        return kind is float or float(value) == int(float(value))
+    return True  # strings, enums of strings and other scalars: the argument classes validate the value
+
+
+def _describe(kind: Any) -> str:
+    """A field type in words, for error messages."""
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in arguments if a is not type(None)))
+    if origin in (list, tuple):
+        return f"a list of {_describe(arguments[0]) if arguments else 'values'}"
+    if kind is dict or origin is dict:
+        return "a mapping"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return words.get(kind, "a single value")
+
+
+def check_config_types(values: dict, path: str, argument_classes: tuple[type, ...]) -> None:
+    """Every value of a config file must fit its field's type; one line naming the key, the file and the value."""
+    kinds = {}
+    for cls in argument_classes:
+        hints = typing.get_type_hints(cls)
+        kinds.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init})
+    for key, value in values.items():
+        if key in kinds and value is not None and not _accepts(kinds[key], value):
+            raise UsageError(
+                f"config file {path}: key {key!r} takes {_describe(kinds[key])}, got {value!r}; fix that line"
+            )
 
 
 def config_to_flags(values: dict) -> list[str]:
@@ -282,6 +348,8 @@ def config_to_flags(values: dict) -> list[str]:
         flags.append(f"--{key}")
         if isinstance(value, (list, tuple)):
             flags.extend(str(item) for item in value)
+        elif isinstance(value, dict):  # fields such as fsdp_config take a mapping as a JSON string
+            flags.append(json.dumps(value))
         else:
             flags.append(str(value))
     return flags
@@ -300,30 +368,43 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def check_folder_to_write(path: str, flag: str) -> None:
+    """Fail in one line, before any data is read, unless ``path`` is or can become a folder we may write into."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):  # the nearest part of the path that exists decides
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        where = "is a file" if probe == os.path.abspath(path) else f"lies below {probe!r}, which is a file"
+        raise UsageError(f"{flag} {path!r} {where}; name a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path!r} cannot be written ({probe!r} is not writable); choose another folder")
+
+
 def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainingArguments) -> str | None:
-    """Refuse a non-empty output_dir unless asked to overwrite or resume; return the checkpoint to resume from."""
+    """Refuse a non-empty output_dir unless asked to overwrite or resume; return the checkpoint to resume from.
+
+    A checkpoint named by --resume_from_checkpoint must pass every check of ``recovery.checkpoint_problem``;
+    automatic resume takes the newest checkpoint that does, and warns about each newer one it passes over.
+    """
     output_dir = training_args.output_dir
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise UsageError(f"--output_dir {output_dir!r} is a file; name a folder")
+    check_folder_to_write(output_dir, "--output_dir")
+    required = training_args.checkpoint_files
     if training_args.resume_from_checkpoint is not None:
         checkpoint = training_args.resume_from_checkpoint
         if not os.path.isdir(checkpoint):
             raise UsageError(f"--resume_from_checkpoint {checkpoint!r} is not a directory")
-        if not os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
-            last = last_complete_checkpoint(os.path.dirname(os.path.abspath(checkpoint)))
-            raise UsageError(
-                f"--resume_from_checkpoint {checkpoint} did not finish saving (no trainer_state.json); "
-                f"resume from an earlier one (last complete: {last or 'none'})"
-            )
+        check_resumable(checkpoint, required)
         return checkpoint
     if not (training_args.do_train and os.path.isdir(output_dir) and os.listdir(output_dir)):
         return None
     if data_args.overwrite_output_dir:
         return None
-    last_checkpoint = last_complete_checkpoint(output_dir)
+    last_checkpoint = last_complete_checkpoint(output_dir, required, warn=True)
     if last_checkpoint is None:
+        damaged = checkpoints(output_dir)
+        why = f" and none of its checkpoints is sound ({checkpoint_problem(damaged[0], required)})" if damaged else ""
         raise UsageError(
-            f"--output_dir {output_dir!r} is not empty; pass --overwrite_output_dir to write into it (nothing is "
+            f"--output_dir {output_dir!r} is not empty{why}; pass --overwrite_output_dir to write into it (nothing is "
             "deleted) or choose another directory"
         )
     logger.info(

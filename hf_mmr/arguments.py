@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 
 from .errors import MMRConfigError
 from .margins import MMR_FORMS
+from .sampling import MarginCache
 
 
 MMS_SELECTIONS = ("none", "select", "cached")
@@ -175,6 +176,11 @@ class MMRTrainingArguments(TrainingArguments):
             if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
                 raise MMRConfigError(f"--{name} must be in (0, 1), got {value!r}")
         super().__post_init__()
+
+    @property
+    def checkpoint_files(self) -> tuple[str, ...]:
+        """The files a checkpoint of this run must hold to be resumed exactly, beyond the Trainer's own."""
+        return (MarginCache.FILE_NAME,) if self.mms_selection == "cached" else ()
 
     @property
     def mmr_enabled(self) -> bool:

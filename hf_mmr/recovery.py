@@ -1,16 +1,24 @@
-"""Interruption and recovery: complete-checkpoint markers, save-on-signal, and the non-finite-loss stop."""
+"""Interruption and recovery: complete-checkpoint markers, checks of every file resuming reads, save-on-signal."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import signal
+import struct
 import threading
+import zipfile
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 # Written last into a checkpoint folder: a folder without it was interrupted while saving.
 COMPLETE_MARKER = "checkpoint_complete"
@@ -22,16 +30,126 @@ def mark_complete(checkpoint_dir: str) -> None:
         handle.write("ok\n")
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The checkpoint with the highest step whose saving finished (it holds the marker), or None."""
+def _safetensors_problem(path: str) -> str | None:
+    """What is wrong with a safetensors file's header or size; None if it is whole."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return f"is {size} bytes long, too short for a safetensors header"
+        length = struct.unpack("<Q", prefix)[0]
+        if length > size - 8:
+            return f"is cut short: its header alone needs {length + 8} bytes, the file has {size}"
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "has a damaged header (not valid JSON)"
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        return f"is {size} bytes long but its header describes {expected}: it was cut short or damaged"
+    return None
+
+
+def _torch_file_problem(path: str) -> str | None:
+    """What is wrong with a file written by ``torch.save`` (a zip archive); None if every member's CRC holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"cannot be read ({error}): it was cut short or damaged"
+    return f"is damaged (its member {damaged} fails its checksum)" if damaged else None
+
+
+def _json_problem(path: str, required: tuple[str, ...] = ()) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"is not valid JSON ({error})"
+    missing = [key for key in required if not isinstance(value, dict) or key not in value]
+    return f"lacks the field {missing[0]!r}" if missing else None
+
+
+# The files of a checkpoint that resuming reads, and how each is checked.
+_WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
+_TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "mms_state.pt", "margins_state.pt")
+
+
+def checkpoint_problem(folder: str, required: tuple[str, ...] = ()) -> str | None:
+    """Why a checkpoint folder cannot be resumed, naming the file; None if it is sound.
+
+    Checked: the completion marker; ``trainer_state.json`` (valid JSON with ``global_step``) and
+    ``config.json``; the weights (a safetensors file's header against its size, its shards too; a
+    torch file's checksums); ``optimizer.pt``, ``scheduler.pt``, the RNG states and the MMS or margin
+    state where present; and each file named in ``required`` (such as ``mms_state.pt``) must exist.
+    """
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    names = set(os.listdir(folder))
+    if COMPLETE_MARKER not in names:
+        return f"{folder} did not finish saving (it has no {COMPLETE_MARKER} marker)"
+    for name in ("trainer_state.json", *required):
+        if name not in names:
+            return f"{os.path.join(folder, name)} is missing"
+    for name, fields in (("trainer_state.json", ("global_step",)), ("config.json", ())):
+        if name in names and (problem := _json_problem(os.path.join(folder, name), fields)):
+            return f"{os.path.join(folder, name)} {problem}"
+    weights = [name for name in _WEIGHT_FILES if name in names]
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if index in names:
+            path = os.path.join(folder, index)
+            if problem := _json_problem(path, ("weight_map",)):
+                return f"{path} {problem}"
+            with open(path, encoding="utf-8") as handle:
+                weights += sorted(set(json.load(handle)["weight_map"].values()))
+    sharded_elsewhere = any(name.startswith(("pytorch_model_fsdp", "global_step")) for name in names)
+    if not weights and not sharded_elsewhere:
+        return f"{folder} holds no model weights (no {' or '.join(_WEIGHT_FILES[:3])})"
+    torch_files = [name for name in names if name in _TORCH_FILES or re.fullmatch(r"rng_state_\d+\.pth", name)]
+    for name in [*weights, *sorted(torch_files)]:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{path} is missing"
+        problem = _safetensors_problem(path) if name.endswith(".safetensors") else _torch_file_problem(path)
+        if problem:
+            return f"{path} {problem}"
+    return None
+
+
+def checkpoints(output_dir: str) -> list[str]:
+    """The checkpoint folders of ``output_dir``, the highest step first."""
     if not os.path.isdir(output_dir):
-        return None
-    steps = [
-        int(match.group(1))
-        for name in os.listdir(output_dir)
-        if (match := _CHECKPOINT_RE.match(name)) and os.path.isfile(os.path.join(output_dir, name, COMPLETE_MARKER))
-    ]
-    return os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}") if steps else None
+        return []
+    steps = sorted((int(m.group(1)) for name in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(name))), reverse=True)
+    return [os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}") for step in steps]
+
+
+def last_complete_checkpoint(output_dir: str, required: tuple[str, ...] = (), warn: bool = False) -> str | None:
+    """The checkpoint with the highest step that passes ``checkpoint_problem``, or None.
+
+    With ``warn``, each newer checkpoint passed over is named in a warning with what is wrong with
+    it. Nothing is deleted.
+    """
+    for folder in checkpoints(output_dir):
+        problem = checkpoint_problem(folder, required)
+        if problem is None:
+            return folder
+        if warn:
+            logger.warning("Skipping %s: %s", os.path.basename(folder), problem)
+    return None
+
+
+def check_resumable(folder: str, required: tuple[str, ...] = ()) -> None:
+    """Raise ``CheckpointError`` naming what is wrong with ``folder`` and the checkpoint to resume from instead."""
+    problem = checkpoint_problem(folder, required)
+    if problem is None:
+        return
+    parent = os.path.dirname(os.path.abspath(folder))
+    sound = [c for c in checkpoints(parent) if os.path.abspath(c) != os.path.abspath(folder)]
+    instead = next((c for c in sound if checkpoint_problem(c, required) is None), None)
+    advice = f"resume from {instead} instead" if instead else "no other checkpoint beside it is sound; start afresh"
+    raise CheckpointError(f"cannot resume: {problem}; {advice}")
 
 
 class SaveOnSignal(TrainerCallback):

@@ -21,7 +21,7 @@ from .head import FeatureCapture, HeadCall, find_classifier_head
 from .margins import margin_summary, minimal_margin_scores, mmr_penalty, squared_radius
 from .metrics import expected_calibration_error, negative_log_likelihood
 from .recording import MarginRecorder
-from .recovery import last_complete_checkpoint, mark_complete
+from .recovery import check_resumable, last_complete_checkpoint, mark_complete
 from .sampling import (
     INDEX_KEY,
     CachedMarginSampler,
@@ -357,6 +357,17 @@ class MMRTrainer(Trainer):
         if isinstance(dataset, datasets.Dataset):
             dataset = self._remove_unused_columns(dataset, description="training")
         factor = self.args.mms_pool_factor if self.args.mms_selection == "select" else 1
+        pool, world = self._train_batch_size * factor * self.args.world_size, self.args.world_size
+        if factor > 1 and len(dataset) < pool:
+            chosen = pool_size_to_select(len(dataset), factor, world)
+            logger.warning(
+                "select: a pool holds %d candidates but the training set has %d examples, so each step trains on "
+                "%d of them instead of a batch of %d; lower --mms_pool_factor or the batch size to train full batches",
+                pool,
+                len(dataset),
+                chosen,
+                self._train_batch_size * world,
+            )
         collator = self.data_collator
         self.data_collator = IndexCollator(collator)
         try:
@@ -606,11 +617,15 @@ class MMRTrainer(Trainer):
         card.save(path)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        """As ``Trainer.train``; ``resume_from_checkpoint=True`` takes the last checkpoint that finished saving."""
+        """As ``Trainer.train``; a checkpoint to resume from is checked first (``recovery.checkpoint_problem``), and
+        ``resume_from_checkpoint=True`` takes the newest sound one, with a warning for each one passed over."""
+        required = self.args.checkpoint_files
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, required, warn=True)
             if resume_from_checkpoint is None:
-                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
+                raise CheckpointError(f"no sound checkpoint to resume from in {self.args.output_dir}")
+        elif resume_from_checkpoint:
+            check_resumable(resume_from_checkpoint, required)
         if not resume_from_checkpoint:
             self._cache = None  # a fresh run starts from unscored examples
         self._recorder = None

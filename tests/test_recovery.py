@@ -85,17 +85,6 @@ def test_non_finite_loss_stops_before_the_update(tmp_path):
         assert torch.equal(p, before[name]) or name == "classifier.bias", name
 
 
-def test_resume_skips_half_written_checkpoints(tmp_path):
-    for step, complete in ((5, True), (10, True), (15, False)):
-        folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
-        (folder / "model.safetensors").write_bytes(b"partial")
-        if complete:
-            (folder / COMPLETE_MARKER).write_text("ok\n")
-    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
-    assert last_complete_checkpoint(str(tmp_path / "absent")) is None
-
-
 def test_checkpoints_are_marked_complete(tmp_path):
     trainer = two_steps(
         tmp_path, tiny_model("bert", num_labels=3), save_strategy="steps", save_steps=1, mms_selection="cached"
