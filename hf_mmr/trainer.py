@@ -8,12 +8,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import datasets
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import is_datasets_available
 
 from .arguments import MMRTrainingArguments
 from .errors import CheckpointError, HeadNotFoundError, MMRConfigError, NonFiniteLossError
@@ -354,7 +354,7 @@ class MMRTrainer(Trainer):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
         dataset = self.train_dataset
-        if isinstance(dataset, datasets.Dataset):
+        if is_datasets_available() and isinstance(dataset, _datasets().Dataset):  # datasets is optional here
             dataset = self._remove_unused_columns(dataset, description="training")
         factor = self.args.mms_pool_factor if self.args.mms_selection == "select" else 1
         pool, world = self._train_batch_size * factor * self.args.world_size, self.args.world_size
@@ -716,6 +716,12 @@ def _overrides_compute_loss_before(cls: type) -> bool:
         if base is not cls and "compute_loss" in vars(base):
             return True
     return False
+
+
+def _datasets() -> Any:
+    import datasets
+
+    return datasets
 
 
 def _single_label(labels: Any) -> bool:
