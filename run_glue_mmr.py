@@ -44,7 +44,7 @@ from transformers import (
 )
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
-from hf_mmr.errors import MMRError, NonFiniteLossError
+from hf_mmr.errors import CheckpointError, MMRError, NonFiniteLossError
 from hf_mmr.glue import TASKS, get_task, load_glue_tsv, split_path
 from hf_mmr.margins import MMR_FORMS
 from hf_mmr.metrics import glue_compute_metrics, main_metric
@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 # Written in output_dir by --mmr_search_trials: every trial and the chosen setting.
 SEARCH_FILE = "mmr_search.json"
+
 
 class UsageError(MMRError, ValueError):
     """A command-line input that cannot work; reported in one line, without a traceback."""
@@ -393,7 +394,10 @@ def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainin
         checkpoint = training_args.resume_from_checkpoint
         if not os.path.isdir(checkpoint):
             raise UsageError(f"--resume_from_checkpoint {checkpoint!r} is not a directory")
-        check_resumable(checkpoint, required)
+        try:
+            check_resumable(checkpoint, required)
+        except CheckpointError as error:
+            raise UsageError(f"--resume_from_checkpoint: {error}") from None
         return checkpoint
     if not (training_args.do_train and os.path.isdir(output_dir) and os.listdir(output_dir)):
         return None
@@ -447,7 +451,7 @@ def load_raw_datasets(
     builder = "csv" if data_args.train_file.endswith(".csv") else "json"
     try:
         raw = load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir)
-    except Exception as error:  # noqa: BLE001 - datasets raises many types here; each means an unreadable file
+    except Exception as error:
         cause = error.__cause__ or error
         raise UsageError(
             f"cannot read {', '.join(data_files.values())} as {builder}: {cause}".splitlines()[0]
@@ -748,13 +752,7 @@ def run(argv: list[str]) -> None:
     if task is None and not is_regression:
         check_labels_known(raw_datasets, label_list, sources)
     check_checkpoint_labels(last_checkpoint, num_labels)
-    if (training_args.mmr_enabled or training_args.mms_selection != "none") and num_labels < 2:
-        raise UsageError(
-            "--mmr_lambda > 0 and --mms_selection need a classification task; this one is "
-            "regression, so use --mmr_lambda 0 --mms_selection none"
-        )
-    if training_args.mmr_enabled and training_args.mmr_top_k > num_labels - 1:
-        raise UsageError(f"--mmr_top_k must be <= num_labels - 1 = {num_labels - 1}, got {training_args.mmr_top_k}")
+    training_args.check_model(num_labels, "regression" if is_regression else None)
 
     tokenizer, load_model = load_pretrained(model_args, num_labels, data_args.task_name, online)
     model = load_model()
@@ -840,7 +838,7 @@ def run(argv: list[str]) -> None:
     search = None
     if data_args.mmr_search_trials and training_args.do_train:
         search = search_mmr_setting(data_args, training_args, make_trainer, train_dataset, last_checkpoint is not None)
-        apply_setting(training_args, search["best"]["setting"])
+        training_args = apply_setting(training_args, search["best"]["setting"])
         logger.info(f"MMR setting chosen on held-out train: {search['best']['setting']}")
     trainer = make_trainer(training_args, train_dataset, next(iter(eval_datasets.values()), None))
     trainer.search_report = search

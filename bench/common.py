@@ -190,9 +190,8 @@ def fine_tune(
         set_seed,
     )
 
-    from hf_mmr import MMRTrainer, MMRTrainingArguments
+    from hf_mmr import MMRTrainer, MMRTrainingArguments, default_model_dir
     from hf_mmr.metrics import glue_compute_metrics
-    from hf_mmr import default_model_dir
 
     model_dir = default_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -281,7 +280,7 @@ def fine_tune(
     if trainer.train_margins is not None:
         table = trainer.train_margins
         record["train_margins"] = {
-            name: [None if value != value else round(float(value), 6) for value in table[name].astype(float)]
+            name: [None if math.isnan(value) else round(float(value), 6) for value in table[name].astype(float)]
             for name in ("seen", "aum", "logit_aum", "mean_loss", "confidence", "variability", "last_prediction")
         }
     return record

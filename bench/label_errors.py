@@ -234,8 +234,11 @@ def summary_lines(tasks: dict[str, dict]) -> list[str]:
                 f"{cell(level['dev_accuracy'])} | {cell(level['probe_accuracy'])} |"
             )
     lines += ["", f"Payoff at {PAYOFF_NOISE:g} noise (clean dev accuracy, seed by seed):", ""]
-    lines += ["| task | noisy | cleaned (aum < 0 removed) | oracle (true flips removed) | cleaned − noisy, 95 % CI | "
-              "oracle − noisy | removed by the rule |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| task | noisy | cleaned (aum < 0 removed) | oracle (true flips removed) | cleaned − noisy, 95 % CI | "
+        "oracle − noisy | removed by the rule |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for task, result in tasks.items():
         payoff = result["payoff"]
         if payoff is None:

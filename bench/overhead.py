@@ -146,7 +146,9 @@ def child(arm: str, options: argparse.Namespace, select: dict) -> dict:
     trainer.train()
     timed = clock.times[options.warmup - 1 :]
     step_seconds = [later - earlier for earlier, later in itertools.pairwise(timed)]
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     return {
         "arm": arm,
         # The median step: robust to the bursts of a shared machine, which the mean is not.
@@ -194,7 +196,9 @@ def main() -> None:
         "--scoring_batch_size", type=bounded(int, 0), help="select's mms_scoring_batch_size (default: the trainer's)"
     )
     parser.add_argument("--data", choices=("mrpc", "synthetic"), default="mrpc", help="real MRPC or random token ids")
-    parser.add_argument("--architecture", choices=list(ARCHITECTURES), default="minilm", help="--data synthetic's model")
+    parser.add_argument(
+        "--architecture", choices=list(ARCHITECTURES), default="minilm", help="--data synthetic's model"
+    )
     parser.add_argument("--seq_len", type=bounded(int, 0), default=128, help="max_seq_length (synthetic: every length)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--bf16", action="store_true", help="train in bf16 mixed precision")

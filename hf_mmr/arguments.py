@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
+import torch
 from transformers import TrainingArguments
 
 from .errors import MMRConfigError
 from .margins import MMR_FORMS
 from .sampling import MarginCache
-
 
 MMS_SELECTIONS = ("none", "select", "cached")
 
@@ -44,7 +45,7 @@ class MMRTrainingArguments(TrainingArguments):
             "mmr_lambda (0 = no ramp)."
         },
     )
-    mmr_form: str = field(
+    mmr_form: Literal["weights", "margin"] = field(
         default="weights",
         metadata={
             "help": "Which MMR penalty: 'weights' = mean_i mean_{j in J_i} R^2 ||w_{y_i} - w_j||^2 (the authors' CNN "
@@ -69,7 +70,7 @@ class MMRTrainingArguments(TrainingArguments):
             "Default: found automatically."
         },
     )
-    mms_selection: str = field(
+    mms_selection: Literal["none", "select", "cached"] = field(
         default="none",
         metadata={
             "help": "How training examples are chosen by minimal margin score (MMS): 'none' (the Trainer's uniform "
@@ -176,6 +177,21 @@ class MMRTrainingArguments(TrainingArguments):
             if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
                 raise MMRConfigError(f"--{name} must be in (0, 1), got {value!r}")
         super().__post_init__()
+        if self.dataloader_pin_memory and torch.accelerator.current_accelerator() is None:
+            # Pinned memory only speeds copies to an accelerator; without one torch warns at every DataLoader.
+            self.dataloader_pin_memory = False
+
+    def check_model(self, num_labels: int, problem_type: str | None = None) -> None:
+        """Fail clearly if these settings cannot work with a model of ``num_labels`` outputs and ``problem_type``."""
+        uses_margins = self.mmr_enabled or self.mms_selection != "none"
+        if uses_margins and (num_labels < 2 or problem_type in ("regression", "multi_label_classification")):
+            kind = problem_type or "regression"
+            raise MMRConfigError(
+                f"MMR and MMS sampling need single-label classification, but this model is set up for {kind}; "
+                "use --mmr_lambda 0 and --mms_selection none"
+            )
+        if self.mmr_enabled and self.mmr_top_k > num_labels - 1:
+            raise MMRConfigError(f"--mmr_top_k must be <= num_labels - 1 = {num_labels - 1}, got {self.mmr_top_k}")
 
     @property
     def checkpoint_files(self) -> tuple[str, ...]:

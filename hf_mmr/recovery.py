@@ -121,7 +121,9 @@ def checkpoints(output_dir: str) -> list[str]:
     """The checkpoint folders of ``output_dir``, the highest step first."""
     if not os.path.isdir(output_dir):
         return []
-    steps = sorted((int(m.group(1)) for name in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(name))), reverse=True)
+    steps = sorted(
+        (int(m.group(1)) for name in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(name))), reverse=True
+    )
     return [os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}") for step in steps]
 
 

@@ -7,7 +7,13 @@ directory (or ``--out``):
 * ``mmr_training.png``: training loss and MMR penalty, feature radius R, the MMR weight
   lambda, and the quantiles (10/50/90 %) of the training batches' MMS, against the step;
 * ``mmr_eval_mms.png``: the distribution (histogram and CDF) of the evaluation set's MMS,
-  one curve per run, which is where larger margins show.
+  one curve per run, which is where larger margins show;
+* ``mmr_train_margins.png``, for a run with ``train_margins.csv`` (``--record_margins``): the
+  histogram of the training examples' AUM and dataset cartography's map (mean confidence against
+  its variability), coloured by AUM.
+
+``--suspects K`` prints the K training examples of the first run with the lowest AUM: the likeliest
+label errors, with their text, given label, last predicted label and AUM.
 """
 
 from __future__ import annotations
@@ -92,6 +98,52 @@ def plot_eval_mms(
     plt.close(fig)
 
 
+def load_margins(output_dir: str):
+    """The run's ``train_margins.csv`` as a DataFrame, or None if it recorded none."""
+    from .trainer import MARGINS_FILE
+
+    path = os.path.join(output_dir, MARGINS_FILE)
+    if not os.path.isfile(path):
+        return None
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
+def suspects(table, k: int) -> str:
+    """The ``k`` trained examples with the lowest AUM, one line each: index, labels, AUM and the text."""
+    from .recording import TABLE_COLUMNS
+
+    texts = [c for c in table.columns if c not in TABLE_COLUMNS and not c.endswith("_name")]
+    given = "label_name" if "label_name" in table.columns else "label"
+    predicted = "last_prediction_name" if "last_prediction_name" in table.columns else "last_prediction"
+    lowest = table[table["seen"] > 0].sort_values("aum", kind="stable").head(k)
+    lines = [f"{'index':>7}  {'aum':>8}  given -> predicted  text"]
+    for _, row in lowest.iterrows():
+        text = " | ".join(str(row[c]) for c in texts)
+        lines.append(f"{row['index']:>7}  {row['aum']:>8.3f}  {row[given]} -> {row[predicted]}  {text[:160]}")
+    return "\n".join(lines)
+
+
+def plot_train_margins(table, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    trained = table[table["seen"] > 0]
+    fig, (hist, carto) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    hist.hist(trained["aum"], bins=50)
+    hist.axvline(0, color="red", linestyle=":", label=f"aum < 0: {int((trained['aum'] < 0).sum())} suspects")
+    hist.set_title("training examples' AUM (mean signed margin of the given label)")
+    hist.set_xlabel("aum")
+    hist.legend(fontsize=8)
+    points = carto.scatter(trained["variability"], trained["confidence"], c=trained["aum"], s=4, cmap="coolwarm_r")
+    fig.colorbar(points, ax=carto, label="aum")
+    carto.set_title("dataset cartography, coloured by AUM")
+    carto.set_xlabel("variability (spread of p_y)")
+    carto.set_ylabel("confidence (mean p_y)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(
         prog="python -m hf_mmr.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,6 +151,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("output_dirs", nargs="+", help="run directories (compare several: baseline and MMR)")
     parser.add_argument("--out", help="where to write the PNGs (default: the first run directory)")
     parser.add_argument("--labels", nargs="+", help="a label per run (default: the directory names)")
+    parser.add_argument("--suspects", type=int, metavar="K", help="print the first run's K lowest-AUM examples")
     options = parser.parse_args(argv)
     labels = options.labels or [os.path.basename(os.path.normpath(d)) for d in options.output_dirs]
     if len(labels) != len(options.output_dirs):
@@ -107,6 +160,13 @@ def main(argv: list[str] | None = None) -> list[str]:
         loaded = {label: load_run(d) for label, d in zip(labels, options.output_dirs)}
     except FileNotFoundError as error:
         parser.error(str(error))
+    margins = load_margins(options.output_dirs[0])
+    if options.suspects is not None:
+        if options.suspects < 1:
+            parser.error(f"--suspects must be >= 1, got {options.suspects}")
+        if margins is None:
+            parser.error(f"{options.output_dirs[0]} has no train_margins.csv; train with --record_margins true")
+        print(suspects(margins, options.suspects))
     try:
         import matplotlib
     except ImportError:
@@ -121,6 +181,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     if scores:
         written.append(os.path.join(out, "mmr_eval_mms.png"))
         plot_eval_mms(scores, written[1])
+    if margins is not None:
+        written.append(os.path.join(out, "mmr_train_margins.png"))
+        plot_train_margins(margins, written[-1])
     for path in written:
         print(path)
     return written

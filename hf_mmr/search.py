@@ -13,6 +13,7 @@ pretrained weights) and an evaluation set held out from *train*, never the dev s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,14 +62,15 @@ mmr_hp_space = make_mmr_hp_space()
 def require_optuna() -> None:
     """Fail with the command that installs optuna when it is missing."""
     try:
-        import optuna  # noqa: F401
+        import optuna
     except ImportError:
         raise ImportError(f"the MMR search needs optuna: {SEARCH_EXTRA}") from None
 
 
-def apply_setting(args: Any, setting: dict[str, Any]) -> None:
-    """Set a searched MMR setting on training arguments; without a ramp, lambda starts at its value too."""
-    for key, value in setting.items():
-        setattr(args, key, value)
-    if args.mmr_lambda_warmup_ratio == 0:
-        args.mmr_lambda_start = args.mmr_lambda
+def apply_setting(args: Any, setting: dict[str, Any]) -> Any:
+    """A copy of training arguments with a searched MMR setting, validated like the user's own.
+
+    Without a ramp, lambda starts at the searched value (``MMRTrainingArguments`` sets that default).
+    """
+    start = None if args.mmr_lambda_warmup_ratio == 0 else args.mmr_lambda_start
+    return dataclasses.replace(args, **setting, mmr_lambda_start=start)

@@ -134,8 +134,9 @@ class MMRTrainer(Trainer):
         selection = self.args.mms_selection
         needs_head = self.args.mmr_enabled or selection != "none"
         model = self.accelerator.unwrap_model(self.model)
-        if self.args.mmr_enabled or selection == "cached":
-            _check_single_label(model)
+        config = getattr(model, "config", None)
+        if config is not None and getattr(config, "num_labels", None) is not None:
+            self.args.check_model(config.num_labels, getattr(config, "problem_type", None))
         try:
             path, head = find_classifier_head(model, self.args.mmr_head)
         except HeadNotFoundError as error:
@@ -143,10 +144,7 @@ class MMRTrainer(Trainer):
                 raise
             logger.warning("MMR diagnostics are off: %s", error)
             return
-        if self.args.mmr_enabled and self.args.mmr_top_k > head.out_features - 1:
-            raise MMRConfigError(
-                f"--mmr_top_k must be <= num_labels - 1 = {head.out_features - 1}, got {self.args.mmr_top_k}"
-            )
+        self.args.check_model(head.out_features)  # a model without config.num_labels: its head decides
         self._capture = FeatureCapture(head, path)
         self._head_checked = False
 
@@ -337,7 +335,9 @@ class MMRTrainer(Trainer):
             summary = margin_summary(scores, norms)
             if "probs" in columns:
                 probs, labels = columns["probs"].double().numpy(), columns["labels"].numpy()
-                summary.update(ece=expected_calibration_error(probs, labels), nll=negative_log_likelihood(probs, labels))
+                summary.update(
+                    ece=expected_calibration_error(probs, labels), nll=negative_log_likelihood(probs, labels)
+                )
             output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in summary.items()})
         return output
 
@@ -605,7 +605,8 @@ class MMRTrainer(Trainer):
 
         path = os.path.join(self.args.output_dir, "README.md")
         card = ModelCard.load(path)
-        rows = "\n".join(f"| `{name}` | {getattr(self.args, name)} |" for name in MMR_SETTINGS)
+        found = {"mmr_head": self._capture.head_path} if self._capture is not None else {}
+        rows = "\n".join(f"| `{name}` | {found.get(name, getattr(self.args, name))} |" for name in MMR_SETTINGS)
         formula = CARD_FORMULAS[self.args.mmr_form] if self.args.mmr_enabled else "off (λ = 0)"
         card.text += (
             f"\n## Multi-margin regularization\n\nTrained with hf-mmr {__version__} (`MMRTrainer`): loss = "
@@ -727,14 +728,3 @@ def _datasets() -> Any:
 def _single_label(labels: Any) -> bool:
     """Whether ``labels`` are one integer class id per example."""
     return isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.is_floating_point()
-
-
-def _check_single_label(model: nn.Module) -> None:
-    config = getattr(model, "config", None)
-    problem_type = getattr(config, "problem_type", None)
-    if getattr(config, "num_labels", 2) == 1 or problem_type in ("regression", "multi_label_classification"):
-        kind = problem_type or "regression"
-        raise MMRConfigError(
-            f"MMR and MMS sampling need single-label classification, but this model is set up for {kind}; "
-            "use --mmr_lambda 0 and --mms_selection none"
-        )

@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 
-import glue_table
+import form_study as glue_table
 import pytest
 import time_to_accuracy
 from common import bounded, paired_difference, run_once, task_splits
 from conftest import GLUE_DIR
-from glue_table import pick, setting_name
+from form_study import pick, setting_name
 from time_to_accuracy import CACHED_GRID, cached_name, choose_cached, summarize
 
 

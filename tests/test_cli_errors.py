@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import subprocess_env
 
+from hf_mmr.recovery import COMPLETE_MARKER
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
 
@@ -49,7 +51,9 @@ def checkpoint_with_labels(tmp_path, num_labels):
     folder = tmp_path / "other" / "checkpoint-5"
     labels = {str(i): f"L{i}" for i in range(num_labels)}
     write(folder / "config.json", json.dumps({"model_type": "bert", "id2label": labels}))
-    write(folder / "trainer_state.json", "{}")
+    write(folder / "trainer_state.json", json.dumps({"global_step": 5}))
+    (folder / "model.safetensors").write_bytes(len(b"{}").to_bytes(8, "little") + b"{}")  # an empty, whole file
+    write(folder / COMPLETE_MARKER, "ok\n")
     return str(folder)
 
 

@@ -43,7 +43,7 @@ def test_margin_math_under_autocast_matches_float32(dtype, form):
 
 def test_torch_compile_of_an_mmr_step_trains_like_eager(tmp_path):
     settings = {"per_device_train_batch_size": 8, "max_steps": 3, "mmr_lambda": 0.1, "seed": 3}
-    model = lambda: tiny_model("bert", num_labels=3, seed=1, **NO_DROPOUT)  # noqa: E731
+    model = lambda: tiny_model("bert", num_labels=3, seed=1, **NO_DROPOUT)
     eager = make_trainer(tmp_path / "eager", model(), **settings)
     eager.train()
     compiled = make_trainer(tmp_path / "compiled", model(), torch_compile=True, **settings)

@@ -100,8 +100,8 @@ def test_resuming_cached_mode_by_path_needs_its_mms_state(saved):
 
 
 def test_every_error_of_the_package_is_an_mmr_error():
-    import hf_mmr.errors as errors
     import run_glue_mmr
+    from hf_mmr import errors
 
     classes = [value for value in vars(errors).values() if isinstance(value, type) and issubclass(value, Exception)]
     assert len(classes) >= 6 and all(issubclass(cls, MMRError) for cls in classes)
@@ -110,7 +110,12 @@ def test_every_error_of_the_package_is_an_mmr_error():
 
 def test_select_warns_when_the_pool_is_larger_than_the_data(tmp_path, caplog):
     trainer = make_trainer(
-        tmp_path, None, synthetic_dataset(n=10), per_device_train_batch_size=4, max_steps=1, mms_selection="select",
+        tmp_path,
+        None,
+        synthetic_dataset(n=10),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        mms_selection="select",
         mms_pool_factor=4,
     )
     with caplog.at_level(logging.WARNING, logger="hf_mmr.trainer"):
@@ -203,7 +208,9 @@ def test_the_same_command_resumes_past_a_killed_save_and_a_cut_weights_file(kill
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
     assert fingerprint(out / "checkpoint-2") == kept
     # The resumed run saved steps 4 and 6 again, whole this time.
-    assert checkpoint_problem(str(out / "checkpoint-4")) is None and checkpoint_problem(str(out / "checkpoint-6")) is None
+    assert (
+        checkpoint_problem(str(out / "checkpoint-4")) is None and checkpoint_problem(str(out / "checkpoint-6")) is None
+    )
 
 
 @pytest.mark.parametrize(

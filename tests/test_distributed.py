@@ -78,7 +78,8 @@ def test_logged_diagnostics_are_global(select_records):
     steps1 = [e for e in rank1["log_history"] if "loss" in e]
     assert len(steps0) == 3
     for a, b in zip(steps0, steps1):
-        for key in ("loss", "mmr/radius", "mmr/penalty", "mms/selected_mean", "mms/pool_mean"):
+        # mms/mean is each rank's own batch until log() averages it over the processes.
+        for key in ("loss", "mmr/radius", "mmr/penalty", "mms/mean", "mms/selected_mean", "mms/pool_mean"):
             assert a[key] == pytest.approx(b[key], rel=1e-6), key
 
 
@@ -148,14 +149,16 @@ def test_run_glue_on_two_processes(glue_dir, tmp_path, mode):
 
 @pytest.fixture(scope="module")
 def rte_histories(glue_dir, tmp_path_factory):
-    """The rte worker's logged steps on 1 process (batch 8) and on 2 (batch 4 each): {(world, form): steps}."""
+    """The rte worker's logged steps on 1 process (batch 8) and on 2 (batch 4 each): {(world, form): steps},
+    and under "out" the folder with their margin tables."""
     out = tmp_path_factory.mktemp("rte")
     on_one_and_two_processes("rte_worker.py", glue_dir, str(out))
-    return {
+    histories = {
         (world, form): json.loads((out / f"history{world}_{form}.json").read_text())
         for world in (1, 2)
         for form in ("weights", "margin")
     }
+    return {**histories, "out": out}
 
 
 @pytest.mark.e2e
@@ -175,6 +178,19 @@ def test_two_processes_agree_with_one_on_the_same_global_batch(rte_histories, fo
     for a, b in zip(one, two):
         for key in ("loss", "mmr/radius", "mmr/penalty", "mms/mean"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a, b)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("form", ["weights", "margin"])
+def test_two_processes_record_the_one_process_margins_table(rte_histories, form):
+    """record_margins: every process adds the global batch, so rank 0's table is the single process's."""
+    import pandas as pd
+
+    one, two = (pd.read_csv(rte_histories["out"] / f"margins{world}_{form}.csv") for world in (1, 2))
+    assert one["seen"].tolist() == two["seen"].tolist() == [1] * 24  # 3 steps of 8, sequential
+    assert one["label"].tolist() == two["label"].tolist()
+    for column in ("aum", "logit_aum", "mean_loss", "confidence"):
+        pd.testing.assert_series_equal(one[column], two[column], rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

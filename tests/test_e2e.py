@@ -29,6 +29,7 @@ def mrpc_run(glue_dir, tmp_path_factory):
         f"task_name: mrpc\nglue_dir: {glue_dir}\ndo_train: true\ndo_eval: true\noutput_dir: {work / 'out'}\n"
         "max_steps: 30\nper_device_train_batch_size: 16\nlearning_rate: 5.0e-5\npad_to_max_length: false\n"
         "max_eval_samples: 96\nlogging_steps: 10\nsave_steps: 15\nseed: 42\nmmr_lambda: 0.0\nreport_to: tensorboard\n"
+        "record_margins: true\nmax_train_samples: 400\n"
     )
     result = run_script(str(config), "--mmr_lambda", "0.1", "--mmr_top_k", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -258,6 +259,37 @@ def test_eval_mms_saved_and_report_draws_it(mrpc_run, tmp_path):
     for name in ("mmr_training.png", "mmr_eval_mms.png"):
         png = tmp_path / name
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.e2e
+def test_train_margins_table_and_the_suspects_report(mrpc_run, tmp_path):
+    import pandas as pd
+
+    from hf_mmr.recording import TABLE_COLUMNS
+
+    table = pd.read_csv(mrpc_run / "train_margins.csv")
+    assert len(table) == 400 and table["index"].tolist() == list(range(400))
+    assert set(TABLE_COLUMNS) | {"sentence1", "sentence2", "label_name", "last_prediction_name"} == set(table.columns)
+    assert table["seen"].sum() == 30 * 16  # 30 steps of 16, each example counted each time it was trained on
+    seen = table[table["seen"] > 0]
+    assert set(seen["label_name"]) <= {"equivalent", "not_equivalent"} and seen["aum"].notna().all()
+    assert (seen["suspect"] == (seen["aum"] < 0)).all()
+    metrics = json.loads((mrpc_run / "eval_results.json").read_text())
+    assert 0 <= metrics["eval_ece"] <= 1 and metrics["eval_nll"] > 0
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_mmr.report", str(mrpc_run), "--out", str(tmp_path), "--suspects", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    lowest = seen.sort_values("aum", kind="stable").head(5)
+    assert lines[0].split()[:2] == ["index", "aum"] and len(lines) >= 6
+    assert [int(line.split()[0]) for line in lines[1:6]] == lowest["index"].tolist()
+    assert lowest.iloc[0]["sentence1"][:40] in lines[1]
+    png = tmp_path / "mmr_train_margins.png"
+    assert png.is_file() and png.stat().st_size > 10_000
 
 
 def report_error(argv: list[str], capsys) -> str:

@@ -57,7 +57,14 @@ def by_hand(batches, n):
             geometric = min(float((z[y] - z[j]) / (w[y] - w[j]).norm()) for j in others)
             p = F.softmax(z, dim=0)
             rows[index].append(
-                (geometric, float(z[y] - max(z[j] for j in others)), float(-p[y].log()), float(p[y]), y, int(z.argmax()))
+                (
+                    geometric,
+                    float(z[y] - max(z[j] for j in others)),
+                    float(-p[y].log()),
+                    float(p[y]),
+                    y,
+                    int(z.argmax()),
+                )
             )
     return rows
 

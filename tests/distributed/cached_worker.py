@@ -8,7 +8,6 @@ import json
 import os
 import sys
 
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from conftest import make_trainer, run_worker, synthetic_dataset
 

@@ -1,8 +1,9 @@
 """Three MMR steps on the first examples of real RTE; run with 1 process (batch 8) or 2 processes (batch 4 each).
 
 Sequential sampling and no dropout make the two runs see the same global batches, so their logged
-loss, radius and penalty must agree. Arguments: GLUE_DIR OUT. For each ``mmr_form``, writes
-OUT/history{world_size}_{form}.json from the main process.
+loss, radius and penalty, and their recorded per-example margins, must agree. Arguments: GLUE_DIR OUT. For
+each ``mmr_form``, writes OUT/history{world_size}_{form}.json and OUT/margins{world_size}_{form}.csv from the
+main process.
 """
 
 import json
@@ -15,9 +16,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from conftest import run_worker, tiny_model
 
-from hf_mmr import MMRTrainer, MMRTrainingArguments
+from hf_mmr import MMRTrainer, MMRTrainingArguments, default_model_dir
 from hf_mmr.glue import load_glue_tsv
-from hf_mmr import default_model_dir
 
 
 def main(glue_dir: str, out: str) -> None:
@@ -59,6 +59,7 @@ def train(data, tokenizer, out: str, form: str) -> None:
         average_tokens_across_devices=False,
         mmr_lambda=0.5,
         mmr_form=form,
+        record_margins=True,
     )
     trainer = MMRTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
     trainer.train()
@@ -66,6 +67,7 @@ def train(data, tokenizer, out: str, form: str) -> None:
         steps = [entry for entry in trainer.state.log_history if "loss" in entry]
         with open(os.path.join(out, f"history{world}_{form}.json"), "w") as handle:
             json.dump(steps, handle)
+        trainer.train_margins.to_csv(os.path.join(out, f"margins{world}_{form}.csv"), index=False)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ with the grid's held-out scores, and the compute seconds. ``OUT/<task>_training.
 training diagnostics of the arms for the first seed, ``OUT/<task>_margins_relative.png`` their
 dev MMS / R.
 
-    python bench/glue_table.py --out docs/form_study --tasks trec
-    python bench/glue_table.py --out docs/form_study            # every task, then the table
+    python bench/form_study.py --out docs/form_study --tasks trec
+    python bench/form_study.py --out docs/form_study            # every task, then the table
 """
 
 from __future__ import annotations
