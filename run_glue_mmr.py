@@ -451,7 +451,7 @@ def load_raw_datasets(
     builder = "csv" if data_args.train_file.endswith(".csv") else "json"
     try:
         raw = load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - datasets raises many types here; each means an unreadable file
         cause = error.__cause__ or error
         raise UsageError(
             f"cannot read {', '.join(data_files.values())} as {builder}: {cause}".splitlines()[0]

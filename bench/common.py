@@ -354,6 +354,16 @@ def fine_tune_once(
     )
 
 
+def write_summary(out: str, summary: dict, lines: list[str]) -> None:
+    """A study's ``summary.json`` and ``summary.md`` (the table lines) in ``out``, and the table printed."""
+    with open(os.path.join(out, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "summary.md"), "w") as handle:
+        handle.write(text)
+    print(text)
+
+
 def load_records(directory: str) -> list[dict]:
     """Every record stored under ``directory``."""
     records = []

@@ -28,7 +28,6 @@ settings; ``OUT/summary.{json,md}`` and ``OUT/<task>_*.png`` cover what is store
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import numpy as np
@@ -42,6 +41,7 @@ from common import (
     paired_difference,
     run_once,
     task_splits,
+    write_summary,
 )
 
 TRAIN_SIZES = {"sst2": 4000, "trec": None}
@@ -307,12 +307,7 @@ def main() -> None:
     for task in tasks:
         plot(options, task)
     summary = {"recipe": {**RECIPE, "train_sizes": TRAIN_SIZES, "noise_seed": NOISE_SEED}, "tasks": tasks}
-    with open(os.path.join(options.out, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    text = "\n".join(summary_lines(tasks)) + "\n"
-    with open(os.path.join(options.out, "summary.md"), "w") as handle:
-        handle.write(text)
-    print(text)
+    write_summary(options.out, summary, summary_lines(tasks))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import argparse
 import json
 import os
 
-from common import DEFAULT_GLUE_DIR, DEFAULT_TREC_DIR, METRIC, mean_std, paired_difference
+from common import DEFAULT_GLUE_DIR, DEFAULT_TREC_DIR, METRIC, mean_std, paired_difference, write_summary
 from label_errors import run
 
 TASKS = ("sst2", "trec")
@@ -246,12 +246,7 @@ def main() -> None:
     if not results:
         return
     summary = {"conditions": CONDITIONS, "grids": GRIDS, "seeds": options.seeds, "results": results}
-    with open(os.path.join(options.out, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    text = "\n".join(summary_lines(results)) + "\n"
-    with open(os.path.join(options.out, "summary.md"), "w") as handle:
-        handle.write(text)
-    print(text)
+    write_summary(options.out, summary, summary_lines(results))
 
 
 if __name__ == "__main__":

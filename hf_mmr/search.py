@@ -62,7 +62,7 @@ mmr_hp_space = make_mmr_hp_space()
 def require_optuna() -> None:
     """Fail with the command that installs optuna when it is missing."""
     try:
-        import optuna
+        import optuna  # noqa: F401 - only whether it imports
     except ImportError:
         raise ImportError(f"the MMR search needs optuna: {SEARCH_EXTRA}") from None
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-import form_study as glue_table
+import form_study
 import pytest
 import time_to_accuracy
 from common import bounded, paired_difference, run_once, task_splits
@@ -28,7 +28,7 @@ def test_settings_are_named_and_picked_by_heldout_score_then_simplicity():
     assert setting_name({"mmr_form": "margin", "mmr_lambda": 0.003}) == "margin_0.003"
     assert setting_name({"mmr_form": "weights", "mmr_lambda": 0.01, "mmr_detach_radius": True}) == "weights_0.01_detach"
     assert setting_name({"mmr_form": "margin", "mmr_lambda": 0.1, "mmr_top_k": 2}) == "margin_0.1_k2"
-    grid = glue_table.grid("weights")
+    grid = form_study.grid("weights")
     scores = {setting_name(a): 0.8 for a in grid}
     assert pick(grid, scores) == {"mmr_form": "weights", "mmr_lambda": 0.001, "mmr_detach_radius": False}
     scores["weights_0.01_detach"] = 0.81
@@ -49,8 +49,8 @@ def test_study_runs_every_cell_once_chooses_on_heldout_and_summarizes(tmp_path, 
         final = {"eval_accuracy": accuracy, "eval_relative_margin_median": 0.5, "eval_mms_median": 1.0}
         return {"final": final, "wall_seconds": 10.0}
 
-    monkeypatch.setattr(glue_table, "fine_tune_once", fake_fine_tune_once)
-    monkeypatch.setattr(glue_table, "task_splits", lambda *args: ([0] * 10, [0] * 4))
+    monkeypatch.setattr(form_study, "fine_tune_once", fake_fine_tune_once)
+    monkeypatch.setattr(form_study, "task_splits", lambda *args: ([0] * 10, [0] * 4))
     options = argparse.Namespace(
         out=str(tmp_path),
         seeds=[42, 43],
@@ -60,7 +60,7 @@ def test_study_runs_every_cell_once_chooses_on_heldout_and_summarizes(tmp_path, 
         glue_dir="",
         trec_dir="",
     )
-    result = glue_table.Study(options, "trec", train=True).run()
+    result = form_study.Study(options, "trec", train=True).run()
     heldout = [name for name, split, _ in calls if split != "dev"]
     assert heldout[0] == "grid_baseline_seed42.json" and len(heldout) == 1 + 4 + 1 + 4 + 1  # + top_k 2 per form
     assert all(seed == 42 for name, split, seed in calls if split != "dev")
@@ -76,9 +76,9 @@ def test_study_runs_every_cell_once_chooses_on_heldout_and_summarizes(tmp_path, 
     assert result["arms"]["weights"]["seeds_improved"] == 0
     # A binary task tries no top_k 2, and a lookup-only pass trains nothing and reports a missing task as None.
     calls.clear()
-    glue_table.Study(options, "mrpc", train=True).run()
+    form_study.Study(options, "mrpc", train=True).run()
     assert not any("k2" in name for name, _, _ in calls)
-    assert glue_table.Study(options, "rte", train=False).run() is None
+    assert form_study.Study(options, "rte", train=False).run() is None
 
 
 def test_bounded_numbers_name_the_bound():
@@ -240,3 +240,58 @@ def test_the_short_uniform_control_needs_the_cached_arm(tmp_path):
     )
     assert done.returncode == 2 and "--arms uniform_short needs cached too" in done.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_flip_labels_flips_exactly_the_requested_share_to_other_classes():
+    from common import flip_labels, flipped_indices
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["a", "b", "c"])})
+    data = Dataset.from_dict({"text": [str(i) for i in range(200)], "label": [i % 3 for i in range(200)]}, features)
+    noisy = flip_labels(data, 0.3, 3, seed=0)
+    flipped = flipped_indices(noisy)
+    assert len(flipped) == 60 and noisy.features["label"] == features["label"]
+    assert all(noisy["label"][i] != noisy["clean_label"][i] for i in flipped)
+    assert noisy["clean_label"] == data["label"]
+    assert flipped_indices(flip_labels(data, 0.3, 3, seed=0)) == flipped  # seeded
+    assert sorted(set(noisy["label"][i] for i in flipped)) == [0, 1, 2]  # every other class is drawn
+
+
+def test_detection_scores_against_the_true_flips():
+    from label_errors import average_precision, detection, precision_at
+
+    import numpy as np
+
+    positives, scores = np.array([True, False, True, False]), np.array([0.9, 0.8, 0.7, 0.1])
+    assert average_precision(scores, positives) == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert precision_at(scores, positives, 2) == 0.5
+    table = {
+        "aum": [-1.0, 0.5, -0.2, 1.0, None],  # the last example was never trained on
+        "logit_aum": [-2.0, 1.0, -0.1, 2.0, None],
+        "mean_loss": [2.0, 0.1, 0.9, 0.05, None],
+        "confidence": [0.1, 0.9, 0.4, 0.95, None],
+    }
+    result = detection(table, flipped=[0, 2])
+    for name in ("aum", "logit_aum", "loss", "confidence"):
+        assert result[f"auprc_{name}"] == 1.0 and result[f"precision_at_k_{name}"] == 1.0
+    assert result["rule_suspects"] == 2 and result["rule_precision"] == 1.0 and result["rule_recall"] == 1.0
+
+
+def test_regime_grid_extends_past_an_edge_choice_and_stops_inside(monkeypatch):
+    import regime_study
+
+    held_out = {0.001: 0.80, 0.01: 0.79, 0.1: 0.70, 0.0001: 0.82, 0.00001: 0.81}
+    asked = []
+
+    def fake_run(options, task, noise, seed, variant, arm, heldout_fraction, out, train_size, epochs):
+        value = arm.get("mmr_lambda", arm.get("label_smoothing_factor"))
+        asked.append(value)
+        return {"final": {"eval_accuracy": held_out.get(value, 0.5)}}
+
+    monkeypatch.setattr(regime_study, "run", fake_run)
+    options = argparse.Namespace(seeds=[42], out="", label_errors_out="")
+    study = regime_study.Study(options, "sst2", "small")
+    best, scores = study.choose("weights")
+    assert best == 0.0001 and asked == [0.001, 0.01, 0.1, 0.0001, 0.00001]  # one step past the edge, then inside
+    assert regime_study.extend("label_smoothing", [0.05, 0.1, 0.2], "high") == 0.4
+    assert regime_study.extend("label_smoothing", [0.2, 0.4, 0.8], "high") is None  # a factor must stay below 1
