@@ -19,7 +19,6 @@ import logging
 import os
 import socket
 import sys
-import time
 import types
 import typing
 from collections.abc import Callable
@@ -38,7 +37,6 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
-    TrainerCallback,
     default_data_collator,
     set_seed,
 )
@@ -56,13 +54,9 @@ from hf_mmr.recovery import (
     checkpoints,
     last_complete_checkpoint,
 )
-from hf_mmr.search import LAMBDA_RANGE, SEARCHED, apply_setting, make_mmr_hp_space, require_optuna
+from hf_mmr.search import LAMBDA_RANGE, apply_setting, make_mmr_hp_space, require_optuna, search_mmr_setting
 
 logger = logging.getLogger(__name__)
-
-
-# Written in output_dir by --mmr_search_trials: every trial and the chosen setting.
-SEARCH_FILE = "mmr_search.json"
 
 
 class UsageError(MMRError, ValueError):
@@ -481,8 +475,13 @@ def load_pretrained(
             finetuning_task=task_name,
             **common,
         )
+        # The model's config, already loaded, tells AutoTokenizer its class (instead of loading and logging it again).
+        same_folder = {"config": config} if not model_args.tokenizer_name else {}
         tokenizer = AutoTokenizer.from_pretrained(
-            model_args.tokenizer_name or model_args.model_name_or_path, use_fast=model_args.use_fast_tokenizer, **common
+            model_args.tokenizer_name or model_args.model_name_or_path,
+            use_fast=model_args.use_fast_tokenizer,
+            **same_folder,
+            **common,
         )
     except OSError as error:
         if online or os.path.isdir(model_args.model_name_or_path):
@@ -595,84 +594,6 @@ def encode_labels(raw: datasets.DatasetDict, label_list: list) -> datasets.Datas
     return raw
 
 
-def search_mmr_setting(
-    data_args: DataTrainingArguments,
-    training_args: MMRTrainingArguments,
-    make_trainer: Callable[..., MMRTrainer],
-    train_dataset: datasets.Dataset,
-    resuming: bool,
-) -> dict:
-    """Choose the MMR setting with ``hyperparameter_search`` on a held-out slice of train; write mmr_search.json.
-
-    A resumed run reuses the search its first start wrote, so the same command picks up where it stopped.
-    """
-    path = os.path.join(training_args.output_dir, SEARCH_FILE)
-    if resuming and os.path.isfile(path):
-        with open(path) as handle:
-            logger.info(f"Reusing the MMR search in {path}")
-            return json.load(handle)
-    import optuna
-
-    split = train_dataset.train_test_split(test_size=data_args.mmr_search_heldout_fraction, seed=training_args.seed)
-    search_args = dataclasses.replace(
-        training_args,
-        output_dir=os.path.join(training_args.output_dir, "mmr_search"),
-        eval_strategy="no",
-        save_strategy="no",
-        load_best_model_at_end=False,
-        push_to_hub=False,
-        report_to="none",
-    )
-    searcher = make_trainer(search_args, split["train"], split["test"])
-    metric = f"eval_{main_metric(data_args.task_name)}"
-    trials: list[dict] = []
-    started = {}
-
-    class TrialClock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            started["time"] = time.perf_counter()
-
-    def objective(metrics: dict[str, float]) -> float:
-        setting = {key: getattr(searcher.args, key) for key in SEARCHED}
-        trials.append(
-            {
-                "trial": len(trials),
-                "setting": setting,
-                "score": metrics[metric],
-                "seconds": round(time.perf_counter() - started["time"], 1),
-            }
-        )
-        logger.info(f"MMR search trial {len(trials) - 1}: {setting} -> held-out {metric} {metrics[metric]:.4f}")
-        return metrics[metric]
-
-    searcher.add_callback(TrialClock())
-    detach = [value.lower() == "true" for value in data_args.mmr_search_detach_radius]
-    searcher.hyperparameter_search(
-        hp_space=make_mmr_hp_space(
-            (data_args.mmr_search_lambda_min, data_args.mmr_search_lambda_max), data_args.mmr_search_forms, detach
-        ),
-        compute_objective=objective,
-        n_trials=data_args.mmr_search_trials,
-        direction="maximize",
-        backend="optuna",
-        sampler=optuna.samplers.TPESampler(seed=training_args.seed),
-    )
-    best = max(trials, key=lambda trial: (trial["score"], -trial["trial"]))
-    report = {
-        "metric": metric,
-        "heldout_fraction": data_args.mmr_search_heldout_fraction,
-        "train_examples": len(split["train"]),
-        "heldout_examples": len(split["test"]),
-        "best": best,
-        "trials": trials,
-    }
-    if training_args.should_save:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(path, "w") as handle:
-            json.dump(report, handle, indent=2)
-    return report
-
-
 def close_progress_bars() -> None:
     """Close every open tqdm bar (the Trainer's, when a run stops mid-epoch)."""
     from tqdm import tqdm
@@ -709,6 +630,7 @@ def run(argv: list[str]) -> None:
         transformers.utils.logging.set_verbosity_info()
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
+    logging.getLogger("hf_mmr").setLevel(log_level)  # the library's own messages (the search's trials)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()
@@ -837,7 +759,18 @@ def run(argv: list[str]) -> None:
 
     search = None
     if data_args.mmr_search_trials and training_args.do_train:
-        search = search_mmr_setting(data_args, training_args, make_trainer, train_dataset, last_checkpoint is not None)
+        detach = [value.lower() == "true" for value in data_args.mmr_search_detach_radius]
+        lambdas = (data_args.mmr_search_lambda_min, data_args.mmr_search_lambda_max)
+        search = search_mmr_setting(
+            make_trainer,
+            training_args,
+            train_dataset,
+            metric=f"eval_{main_metric(data_args.task_name)}",
+            n_trials=data_args.mmr_search_trials,
+            heldout_fraction=data_args.mmr_search_heldout_fraction,
+            hp_space=make_mmr_hp_space(lambdas, data_args.mmr_search_forms, detach),
+            resuming=last_checkpoint is not None,
+        )
         training_args = apply_setting(training_args, search["best"]["setting"])
         logger.info(f"MMR setting chosen on held-out train: {search['best']['setting']}")
     trainer = make_trainer(training_args, train_dataset, next(iter(eval_datasets.values()), None))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -134,48 +135,24 @@ class MMRTrainingArguments(TrainingArguments):
         _check_training_numbers(self)
         if self.mmr_lambda_start is None:
             self.mmr_lambda_start = self.mmr_lambda
-        for name in ("mmr_lambda", "mmr_lambda_start"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise MMRConfigError(f"--{name} must be a finite number >= 0, got {value!r}")
-        if not 0.0 <= self.mmr_lambda_warmup_ratio <= 1.0:
-            raise MMRConfigError(f"--mmr_lambda_warmup_ratio must be in [0, 1], got {self.mmr_lambda_warmup_ratio!r}")
+        _check_number(self, "mmr_lambda", at_least=0)
+        _check_number(self, "mmr_lambda_start", at_least=0)
+        _check_number(self, "mmr_lambda_warmup_ratio", at_least=0, at_most=1)
         if self.mmr_form not in MMR_FORMS:
             raise MMRConfigError(f"--mmr_form must be one of {', '.join(MMR_FORMS)}, got {self.mmr_form!r}")
-        if isinstance(self.mmr_top_k, bool) or not isinstance(self.mmr_top_k, int) or self.mmr_top_k < 1:
-            raise MMRConfigError(f"--mmr_top_k must be an integer >= 1, got {self.mmr_top_k!r}")
+        _check_number(self, "mmr_top_k", integer=True, at_least=1)
         if self.mmr_head is not None and not self.mmr_head.strip():
             raise MMRConfigError("--mmr_head must be a module path such as 'classifier', or left unset")
         if self.mms_selection not in MMS_SELECTIONS:
             raise MMRConfigError(
                 f"--mms_selection must be one of {', '.join(MMS_SELECTIONS)}, got {self.mms_selection!r}"
             )
-        if (
-            isinstance(self.mms_pool_factor, bool)
-            or not isinstance(self.mms_pool_factor, int)
-            or self.mms_pool_factor < 1
-        ):
-            raise MMRConfigError(f"--mms_pool_factor must be an integer >= 1, got {self.mms_pool_factor!r}")
-        scoring = self.mms_scoring_batch_size
-        if scoring is not None and (isinstance(scoring, bool) or not isinstance(scoring, int) or scoring < 1):
-            raise MMRConfigError(f"--mms_scoring_batch_size must be an integer >= 1, got {scoring!r}")
-        if (
-            isinstance(self.mms_warmup_steps, bool)
-            or not isinstance(self.mms_warmup_steps, int)
-            or (self.mms_warmup_steps < 0)
-        ):
-            raise MMRConfigError(f"--mms_warmup_steps must be an integer >= 0, got {self.mms_warmup_steps!r}")
-        anneal = self.mms_anneal_epochs
-        if (
-            isinstance(anneal, bool)
-            or not isinstance(anneal, (int, float))
-            or not (math.isfinite(anneal) and anneal >= 0)
-        ):
-            raise MMRConfigError(f"--mms_anneal_epochs must be a number >= 0, got {anneal!r}")
-        for name in ("mms_keep_quantile", "mms_keep_fraction"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
-                raise MMRConfigError(f"--{name} must be in (0, 1), got {value!r}")
+        _check_number(self, "mms_pool_factor", integer=True, at_least=1)
+        _check_number(self, "mms_scoring_batch_size", integer=True, at_least=1, optional=True)
+        _check_number(self, "mms_warmup_steps", integer=True, at_least=0)
+        _check_number(self, "mms_anneal_epochs", at_least=0)
+        _check_number(self, "mms_keep_quantile", above=0, below=1)
+        _check_number(self, "mms_keep_fraction", above=0, below=1)
         super().__post_init__()
         if self.dataloader_pin_memory and torch.accelerator.current_accelerator() is None:
             # Pinned memory only speeds copies to an accelerator; without one torch warns at every DataLoader.
@@ -215,20 +192,53 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_number(
+    args: object,
+    name: str,
+    *,
+    integer: bool = False,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+    optional: bool = False,
+) -> None:
+    """One line naming the flag unless ``args.<name>`` is an integer (or a finite number) within the bounds given."""
+    value = getattr(args, name)
+    if optional and value is None:
+        return
+    fits = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
+    fits = fits and all(
+        bound is None or compare(value, bound)
+        for bound, compare in (
+            (at_least, operator.ge),
+            (above, operator.gt),
+            (at_most, operator.le),
+            (below, operator.lt),
+        )
+    )
+    if fits:
+        return
+    low = f"[{at_least:g}" if at_least is not None else f"({above:g}" if above is not None else None
+    high = f"{at_most:g}]" if at_most is not None else f"{below:g})" if below is not None else None
+    kind = "an integer" if integer else "a finite number"
+    if low and high:
+        bounds = f"{kind} in {low}, {high}"
+    else:
+        bounds = f"{kind} " + (
+            f">= {at_least:g}" if at_least is not None else f"> {above:g}" if above is not None else ""
+        )
+    raise MMRConfigError(f"--{name} must be {bounds.strip()}, got {value!r}")
+
+
 def _check_training_numbers(args: TrainingArguments) -> None:
     """One clear error, naming the flag, for a batch size, step count, rate or ratio that cannot work."""
     for name in POSITIVE_INTEGERS:
-        value = getattr(args, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise MMRConfigError(f"--{name} must be an integer >= 1, got {value!r}")
+        _check_number(args, name, integer=True, at_least=1)
     for name in POSITIVE_NUMBERS:
-        value = getattr(args, name)
-        if not (_is_number(value) and value > 0):
-            raise MMRConfigError(f"--{name} must be a finite number > 0, got {value!r}")
+        _check_number(args, name, above=0)
     for name in NON_NEGATIVE_NUMBERS:
-        value = getattr(args, name)
-        if not (_is_number(value) and value >= 0):
-            raise MMRConfigError(f"--{name} must be a finite number >= 0, got {value!r}")
+        _check_number(args, name, at_least=0)
     if not (isinstance(args.max_steps, int) and (args.max_steps > 0 or args.max_steps == -1)):
         raise MMRConfigError(
             f"--max_steps must be a positive integer, or -1 to train --num_train_epochs; got {args.max_steps!r}"
@@ -239,5 +249,4 @@ def _check_training_numbers(args: TrainingArguments) -> None:
             raise MMRConfigError(
                 f"--{name} must be > 0 (an integer, or a fraction of the training steps), got {value!r}"
             )
-    if not (_is_number(args.label_smoothing_factor) and 0 <= args.label_smoothing_factor < 1):
-        raise MMRConfigError(f"--label_smoothing_factor must be in [0, 1), got {args.label_smoothing_factor!r}")
+    _check_number(args, "label_smoothing_factor", at_least=0, below=1)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import HeadNotFoundError
+
+
+def logits_of(outputs: Any) -> torch.Tensor:
+    """The logits of a model output: a ``ModelOutput``/dict, a ``(loss, logits, ...)`` tuple or a tensor."""
+    if isinstance(outputs, Mapping):
+        return outputs["logits"]
+    if isinstance(outputs, (tuple, list)):
+        return outputs[1] if len(outputs) > 1 else outputs[0]
+    return outputs
 
 
 def _num_labels(model: nn.Module) -> int | None:
@@ -132,7 +143,7 @@ class FeatureCapture:
     def remove(self) -> None:
         self._handle.remove()
 
-    def __enter__(self) -> FeatureCapture:
+    def __enter__(self) -> FeatureCapture:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

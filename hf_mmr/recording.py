@@ -16,12 +16,16 @@ step costs no host sync, and they travel with every checkpoint.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .margins import label_margins
 
+# Written into output_dir by record_margins: one row per training example.
+MARGINS_FILE = "train_margins.csv"
 # The running sums kept per example, in this order.
 SUMS = ("margin", "logit_margin", "loss", "p", "p_squared")
 TABLE_COLUMNS = (
@@ -133,3 +137,24 @@ class MarginRecorder:
             },
             columns=list(TABLE_COLUMNS),
         )
+
+
+def write_table(
+    table: Any, output_dir: str, extra_columns: Mapping[str, Any] | None = None, label_names: Any = None
+) -> str:
+    """Write a ``MarginRecorder.table()`` to ``output_dir/train_margins.csv``; returns the path.
+
+    ``extra_columns`` (name -> one value per training example, such as the texts) are added after
+    ``index``; with ``label_names`` the label and prediction columns gain their names.
+    """
+    table = table.copy()
+    for position, (name, values) in enumerate((extra_columns or {}).items(), start=1):
+        table.insert(position, name, list(values))
+    if label_names is not None:
+        names = dict(enumerate(label_names))
+        for column in ("label", "last_prediction"):
+            table.insert(table.columns.get_loc(column) + 1, f"{column}_name", table[column].map(names))
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, MARGINS_FILE)
+    table.to_csv(path, index=False)
+    return path

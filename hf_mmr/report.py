@@ -100,7 +100,7 @@ def plot_eval_mms(
 
 def load_margins(output_dir: str):
     """The run's ``train_margins.csv`` as a DataFrame, or None if it recorded none."""
-    from .trainer import MARGINS_FILE
+    from .recording import MARGINS_FILE
 
     path = os.path.join(output_dir, MARGINS_FILE)
     if not os.path.isfile(path):

@@ -33,7 +33,14 @@ def mrpc_run(glue_dir, tmp_path_factory):
     )
     result = run_script(str(config), "--mmr_lambda", "0.1", "--mmr_top_k", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (work / "run.log").write_text(result.stdout + result.stderr)
     return work / "out"
+
+
+@pytest.mark.e2e
+def test_the_model_config_is_logged_once(mrpc_run):
+    log = (mrpc_run.parent / "run.log").read_text()
+    assert log.count("Model config BertConfig") == 1
 
 
 @pytest.mark.e2e
@@ -218,6 +225,8 @@ def test_model_card_records_the_run(mrpc_run):
         "| `mmr_form` | weights |",
         "MMR = mean_i mean_{j in J_i} R² · ||w_{y_i} − w_j||²",
         "| `mms_selection` | none |",
+        "| `mmr_head` | classifier |",  # the head found, not the setting's None
+        "No evaluation ran during training",  # instead of an empty "Training results" section
         "Mms Median",  # the Trainer's results table carries the dev margins
     ):
         assert text in card, text

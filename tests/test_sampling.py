@@ -27,10 +27,12 @@ class RecordingTrainer(MMRTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.pools, self.trained = [], []
-
-    def _select_from_pool(self, model, pool):
-        self.pools.append(pool[INDEX_KEY].tolist())
-        return super()._select_from_pool(model, pool)
+        select = self.selection.select_from_pool if self.args.mms_selection == "select" else None
+        if select is not None:
+            self.selection.select_from_pool = lambda model, pool: (
+                self.pools.append(pool[INDEX_KEY].tolist()),
+                select(model, pool),
+            )[1]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # uniform sampling has no index: record the token ids instead
@@ -132,7 +134,7 @@ def test_resume_mid_epoch_reproduces_batches_and_weights(tmp_path, mode):
     resumed.train(resume_from_checkpoint=os.path.join(tmp_path, "full", f"checkpoint-{step}"))
     assert resumed.trained == full.trained[step:]
     if mode == "cached":
-        assert full._plan.steps == [8, 6, 8]
+        assert full.selection.epochs.steps == [8, 6, 8]
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -145,7 +147,7 @@ class EpochLengths(RecordingTrainer):
         self.dataloader_lengths, self.learning_rates = [], []
 
     def _run_epoch(self, *args, train_dataloader, epoch, **kwargs):
-        self._sampler.set_epoch(epoch)
+        self.selection.epoch_sampler.set_epoch(epoch)
         self.dataloader_lengths.append(len(train_dataloader))
         return super()._run_epoch(*args, train_dataloader=train_dataloader, epoch=epoch, **kwargs)
 
@@ -177,7 +179,7 @@ def test_cached_epochs_are_pruned_and_the_schedule_counts_them(tmp_path):
     kept = pruned_length(40, 0.25, 0.2, 1.0)
     assert kept == 10 + round(0.2 * 30) == 16
     assert trainer.dataloader_lengths == [10, kept // 4, 10]  # what the Trainer iterated, epoch by epoch
-    plan = trainer._plan
+    plan = trainer.selection.epochs
     assert plan.batches == trainer.dataloader_lengths and plan.steps == [5, 2, 5]
     assert trainer.state.global_step == trainer.state.max_steps == sum(plan.steps) == 12
     per_epoch = [list(itertools.chain.from_iterable(trainer.trained[a:b])) for a, b in ((0, 10), (10, 14), (14, 24))]
@@ -194,7 +196,7 @@ def test_cached_epochs_are_pruned_and_the_schedule_counts_them(tmp_path):
 
 def test_fractional_anneal_keeps_the_end_of_the_last_epoch_whole(tmp_path):
     trainer = cached_run(tmp_path, num_train_epochs=2, mms_anneal_epochs=0.5)
-    assert trainer._plan.prunable == [0.0, 0.5]
+    assert trainer.selection.epochs.prunable == [0.0, 0.5]
     second = list(itertools.chain.from_iterable(trainer.trained[10:]))
     assert len(second) == pruned_length(40, 0.25, 0.2, 0.5) == 20 + 5 + 3
     assert sorted(second[-20:]) != sorted(second[:20])  # the last 20 are a uniform half, the rest pruned
@@ -204,13 +206,13 @@ def test_fractional_anneal_keeps_the_end_of_the_last_epoch_whole(tmp_path):
 def test_user_max_steps_wins_and_epochs_follow_until_it(tmp_path):
     trainer = cached_run(tmp_path, max_steps=25, mms_anneal_epochs=0)
     # Epoch lengths 10, 4, 4, 4, 4: five epochs reach 25 steps (the last one is cut after 3 of its 4).
-    assert trainer._plan.steps == [10, 4, 4, 4, 4] and trainer.state.global_step == 25
+    assert trainer.selection.epochs.steps == [10, 4, 4, 4, 4] and trainer.state.global_step == 25
     assert trainer.dataloader_lengths == [10, 4, 4, 4, 4]
 
 
 def test_warmup_steps_keep_the_epochs_they_touch_full(tmp_path):
     trainer = cached_run(tmp_path, num_train_epochs=4, mms_anneal_epochs=0, mms_warmup_steps=11)
-    assert trainer._plan.prunable == [0.0, 0.0, 1.0, 1.0]  # epoch 2 starts at step 10 < 11
+    assert trainer.selection.epochs.prunable == [0.0, 0.0, 1.0, 1.0]  # epoch 2 starts at step 10 < 11
 
 
 def test_plan_of_a_fractional_run():
@@ -331,8 +333,8 @@ def test_invalid_selection_arguments(tmp_path, field, value, message):
 def test_select_with_dataloader_workers_scores_in_the_main_process(tmp_path):
     trainer = recording_trainer(tmp_path, "select", max_steps=2, dataloader_num_workers=1)
     pids = []
-    score = trainer._score_pool
-    trainer._score_pool = lambda model, pool: (pids.append(os.getpid()), score(model, pool))[1]
+    score = trainer.selection.score_pool
+    trainer.selection.score_pool = lambda model, pool: (pids.append(os.getpid()), score(model, pool))[1]
     trainer.train()
     assert pids == [os.getpid(), os.getpid()]
 

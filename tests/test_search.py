@@ -76,3 +76,36 @@ def test_missing_optuna_is_a_one_line_error(glue_dir, tmp_path, monkeypatch, cap
     assert exit_info.value.code == 2
     assert 'pip install "hf-mmr[search]"' in capsys.readouterr().err
     assert os.listdir(tmp_path / "out") == ["sentinel"]
+
+
+def test_search_mmr_setting_holds_out_train_reports_every_trial_and_is_reused(tmp_path):
+    import datasets
+    from conftest import QUIET, synthetic_dataset, tiny_model
+
+    from hf_mmr import MMRTrainer, MMRTrainingArguments
+    from hf_mmr.search import SEARCH_FILE, card_section, search_mmr_setting
+
+    rows = synthetic_dataset(n=20)
+    train = datasets.Dataset.from_dict({key: [row[key].tolist() for row in rows] for key in rows[0]})
+    made = []
+
+    def make_trainer(args, train_part, heldout):
+        made.append((len(train_part), len(heldout), args.output_dir, args.save_strategy))
+        return MMRTrainer(
+            model_init=lambda: tiny_model("bert", num_labels=3, seed=1),
+            args=args,
+            train_dataset=train_part,
+            eval_dataset=heldout,
+            compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+        )
+
+    args = MMRTrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, **QUIET)
+    report = search_mmr_setting(make_trainer, args, train, metric="eval_accuracy", n_trials=2, heldout_fraction=0.25)
+    assert made == [(15, 5, str(tmp_path / "mmr_search"), "no")]  # a quarter of train held out, nothing saved
+    assert [trial["trial"] for trial in report["trials"]] == [0, 1] and report["heldout_examples"] == 5
+    best = max(report["trials"], key=lambda trial: (trial["score"], -trial["trial"]))
+    assert report["best"] == best and set(best["setting"]) == {"mmr_lambda", "mmr_form", "mmr_detach_radius"}
+    assert json.loads((tmp_path / SEARCH_FILE).read_text()) == report
+    assert "| trial |" in card_section(report) and "Chosen: trial" in card_section(report)
+    again = search_mmr_setting(make_trainer, args, train, metric="eval_accuracy", n_trials=2, resuming=True)
+    assert again == report and len(made) == 1  # a resumed run reuses its search

@@ -21,7 +21,7 @@ class Recorder(MMRTrainer):
         self.record = {"dataloader_lengths": [], "trained": []}
 
     def _run_epoch(self, *args, train_dataloader, epoch, **kwargs):
-        self._sampler.set_epoch(epoch)
+        self.selection.epoch_sampler.set_epoch(epoch)
         self.record["dataloader_lengths"].append(len(train_dataloader))
         return super()._run_epoch(*args, train_dataloader=train_dataloader, epoch=epoch, **kwargs)
 
@@ -36,14 +36,14 @@ def main(out: str) -> None:
     cached = {"mms_selection": "cached", "mms_keep_quantile": 0.25, "mms_keep_fraction": 0.2, "mms_anneal_epochs": 1}
     trainer = make_trainer(out, None, synthetic_dataset(n=80, length=10), Recorder, use_cpu=True, **settings, **cached)
     trainer.train()
-    plan = trainer._plan
+    plan = trainer.selection.epochs
     trainer.record.update(
         plan_batches=plan.batches,
         plan_steps=plan.steps,
         max_steps=trainer.state.max_steps,
         global_step=trainer.state.global_step,
         last_lr=trainer.lr_scheduler.get_last_lr()[0],
-        cache_scored=int((~trainer._cache.scores.isnan()).sum()),
+        cache_scored=int((~trainer.selection.cache.scores.isnan()).sum()),
     )
     with open(os.path.join(out, f"rank{trainer.args.process_index}.json"), "w") as handle:
         json.dump(trainer.record, handle)

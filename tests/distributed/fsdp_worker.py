@@ -25,15 +25,18 @@ class Recorder(MMRTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.recorded, self.scored = {}, None
+        score = self.selection.score_pool
 
-    def _record(self, name, value):
-        super()._record(name, value)
+        def score_pool(model, pool):
+            scores, predicted = score(model, pool)
+            self.scored = (pool[INDEX_KEY], scores)
+            return scores, predicted
+
+        self.selection.score_pool = score_pool
+
+    def add_diagnostic(self, name, value):
+        super().add_diagnostic(name, value)
         self.recorded[name] = float(value)
-
-    def _score_pool(self, model, pool):
-        scores, predicted = super()._score_pool(model, pool)
-        self.scored = (pool[INDEX_KEY], scores)
-        return scores, predicted
 
 
 def shard(model: torch.nn.Module) -> None:
@@ -82,7 +85,7 @@ def one_step(out: str, form: str) -> None:
 
     model.train()
     gather = trainer.accelerator.gather
-    selected = gather(trainer._select_from_pool(model, dict(batch))[INDEX_KEY])
+    selected = gather(trainer.selection.select_from_pool(model, dict(batch))[INDEX_KEY])
     scored, scores = (gather(tensor) for tensor in trainer.scored)
     loss = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != INDEX_KEY})
     loss.backward()

@@ -18,17 +18,20 @@ class Recorder(MMRTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.record = {"scored": [], "trained": [], "gathered_pool": [], "gathered_scores": []}
+        score, gather = self.selection.score_pool, self.selection.gather_pool
 
-    def _score_pool(self, model, pool):
-        scores, predicted = super()._score_pool(model, pool)
-        self.record["scored"].append(pool[INDEX_KEY].tolist())
-        return scores, predicted
+        def score_pool(model, pool):
+            scores, predicted = score(model, pool)
+            self.record["scored"].append(pool[INDEX_KEY].tolist())
+            return scores, predicted
 
-    def _gather_pool(self, pool, scores, predicted):
-        gathered, all_scores, all_predicted = super()._gather_pool(pool, scores, predicted)
-        self.record["gathered_pool"].append(gathered[INDEX_KEY].tolist())
-        self.record["gathered_scores"].append(all_scores.tolist())
-        return gathered, all_scores, all_predicted
+        def gather_pool(pool, scores, predicted):
+            gathered, all_scores, all_predicted = gather(pool, scores, predicted)
+            self.record["gathered_pool"].append(gathered[INDEX_KEY].tolist())
+            self.record["gathered_scores"].append(all_scores.tolist())
+            return gathered, all_scores, all_predicted
+
+        self.selection.score_pool, self.selection.gather_pool = score_pool, gather_pool
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:

@@ -1,0 +1,87 @@
+"""The interface of a selection mode, and the uniform default (``mms_selection="none"``).
+
+A mode is the whole of one way of choosing training examples: its sampler, its changes to the
+epochs and the batches, its weighting of the loss, its logs and its state in checkpoints.
+``MMRTrainer`` builds one mode in ``__init__`` (``hf_mmr.modes.selection_mode``) and calls these
+hooks from its own; the default does nothing at any of them, so training is the Trainer's own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..trainer import MMRTrainer
+
+
+class SelectionMode:
+    """Uniform sampling, the Trainer's own: every hook leaves what it is given as it is.
+
+    A mode reads the trainer's current ``args`` at every call (a hyperparameter search replaces them).
+    """
+
+    name = "none"
+    uses_margins = False  # whether the mode needs the head's features and each batch's example indices
+
+    def __init__(self, trainer: MMRTrainer):
+        self.trainer = trainer
+
+    @property
+    def pool_factor(self) -> int:
+        """How many training batches the DataLoader loads for one step."""
+        return 1
+
+    def sampler(self) -> torch.utils.data.Sampler | None:
+        """The training sampler; None leaves the Trainer's own."""
+        return None
+
+    def reset(self) -> None:
+        """A run starts from scratch (not resumed): forget what an earlier run learned."""
+
+    def plan(self, values: tuple, dataloader: Any) -> tuple:
+        """``Trainer.set_initial_training_values``' result (epochs, steps, lengths), as the mode changes it."""
+        return values
+
+    def resume_position(self, epochs_trained: int, steps_trained: int) -> tuple[int, int]:
+        """Where a resumed run stands: (epochs done, micro-batches to skip in the current epoch)."""
+        return epochs_trained, steps_trained
+
+    def epoch_arguments(self, epoch: int) -> dict[str, int]:
+        """Overrides of ``Trainer._run_epoch``'s ``steps_in_epoch`` and ``num_update_steps_per_epoch``."""
+        return {}
+
+    def select(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The batch a training step trains on, from the one the DataLoader gave."""
+        return inputs
+
+    def items_in_batch(self, num_items: torch.Tensor | int | None, batch_samples: list) -> torch.Tensor | int | None:
+        """``num_items_in_batch`` of an accumulated step, counted over the examples that will be trained on."""
+        return num_items
+
+    def weight_loss(
+        self,
+        loss: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor | None,
+        mms: torch.Tensor,
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> tuple[torch.Tensor, Any]:
+        """The classification loss of a training micro-batch, and the factor that puts a batch mean on its footing.
+
+        ``mms`` are the micro-batch's minimal margin scores. A factor of None leaves it to the trainer
+        (the loss is the Trainer's own).
+        """
+        return loss, None
+
+    def log(self, logs: dict[str, float]) -> None:
+        """Add the mode's own entries to a training log."""
+
+    def save(self, folder: str) -> None:
+        """Write the mode's state into a checkpoint folder."""
+
+    def load(self, folder: str) -> None:
+        """Restore the mode's state from a checkpoint folder."""
