@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-from common import bounded
+from common import bounded, provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ("plain", "mmr", "mmr_margin", "select", "cached", "record")
@@ -240,6 +240,8 @@ def main() -> None:
         "scoring_batch_size": options.scoring_batch_size,
         "repeats": options.repeats,
         "total_seconds": round(time.time() - start, 1),
+        "command": "python bench/overhead.py " + " ".join(sys.argv[1:]),
+        "provenance": provenance(),
         "arms": {},
     }
     for arm in arms:
