@@ -245,9 +245,22 @@ class ModelArguments:
             self.model_name_or_path = default_model_dir()
 
 
+def group_mmr_flags(parser: HfArgumentParser) -> None:
+    """``--help`` lists the MMR, MMS and margin-recording flags under their own heading, before the Trainer's."""
+    group = parser.add_argument_group("hf-mmr: MMR, MMS selection, margin recording, MMR search")
+    for action in parser._actions:
+        if action.dest.startswith(("mmr_", "mms_")) or action.dest == "record_margins":
+            for other in parser._action_groups:
+                if other is not group and action in other._group_actions:
+                    other._group_actions.remove(action)
+            group._group_actions.append(action)
+    parser._action_groups.insert(1, parser._action_groups.pop())  # after the positional arguments
+
+
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, MMRTrainingArguments]:
     """Flags, or a JSON/YAML file as the first argument followed by flags that override it."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MMRTrainingArguments))
+    group_mmr_flags(parser)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         if not os.path.isfile(argv[0]):
             raise UsageError(f"config file {argv[0]!r} does not exist")
