@@ -194,6 +194,7 @@ def summarize(options: argparse.Namespace, task: str) -> dict:
         for key in records[0]["detection"]:
             level[key] = mean_std([r["detection"][key] for r in records])
         level["dev_accuracy"] = mean_std([r["final"][METRIC] for r in records])
+        level["dev_ece"] = mean_std([r["final"]["eval_ece"] for r in records])
         level["probe_accuracy"] = mean_std([r["probe_accuracy"] for r in records])
         result["levels"][f"{noise:g}"] = level
     arms = {
@@ -201,15 +202,17 @@ def summarize(options: argparse.Namespace, task: str) -> dict:
         for variant in ("noisy", "cleaned", "oracle")
     }
     if all(None not in records for records in arms.values()):
-        accuracy = {variant: [r["final"][METRIC] for r in records] for variant, records in arms.items()}
         result["payoff"] = {
             "seeds": options.seeds,
-            "dev_accuracy": {variant: values for variant, values in accuracy.items()},
             "removed": {variant: [len(r["removed"]) for r in records] for variant, records in arms.items()},
-            "cleaned_minus_noisy": paired_difference(accuracy["cleaned"], accuracy["noisy"]),
-            "oracle_minus_noisy": paired_difference(accuracy["oracle"], accuracy["noisy"]),
-            "oracle_minus_cleaned": paired_difference(accuracy["oracle"], accuracy["cleaned"]),
         }
+        for name, key in (("dev_accuracy", METRIC), ("dev_ece", "eval_ece"), ("dev_nll", "eval_nll")):
+            values = {variant: [r["final"][key] for r in records] for variant, records in arms.items()}
+            result["payoff"][name] = values
+            prefix = "" if name == "dev_accuracy" else f"{name[4:]}_"  # accuracy keeps its original keys
+            for treated, control in (("cleaned", "noisy"), ("oracle", "noisy"), ("oracle", "cleaned")):
+                difference = paired_difference(values[treated], values[control])
+                result["payoff"][f"{prefix}{treated}_minus_{control}"] = difference
     return result
 
 
@@ -219,9 +222,9 @@ def summary_lines(tasks: dict[str, dict]) -> list[str]:
 
     lines = [
         "| task | noise | flips | AUPRC −aum | AUPRC −logit_aum | AUPRC loss | AUPRC −confidence | P@k −aum | "
-        "P@k −logit_aum | P@k loss | P@k −confidence | aum < 0: precision | recall | dev acc. | "
+        "P@k −logit_aum | P@k loss | P@k −confidence | aum < 0: precision | recall | dev acc. | dev ECE | "
         "flipped memorized |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, result in tasks.items():
         for noise, level in result["levels"].items():
@@ -231,28 +234,32 @@ def summary_lines(tasks: dict[str, dict]) -> list[str]:
                 + " | "
                 + " | ".join(cell(level[f"precision_at_k_{name}"]) for name in SCORES)
                 + f" | {cell(level['rule_precision'])} | {cell(level['rule_recall'])} | "
-                f"{cell(level['dev_accuracy'])} | {cell(level['probe_accuracy'])} |"
+                f"{cell(level['dev_accuracy'])} | {cell(level['dev_ece'])} | {cell(level['probe_accuracy'])} |"
             )
-    lines += ["", f"Payoff at {PAYOFF_NOISE:g} noise (clean dev accuracy, seed by seed):", ""]
+    lines += ["", f"Payoff at {PAYOFF_NOISE:g} noise (clean dev accuracy, ECE and NLL; mean ± sd over seeds):", ""]
     lines += [
-        "| task | noisy | cleaned (aum < 0 removed) | oracle (true flips removed) | cleaned − noisy, 95 % CI | "
-        "oracle − noisy | removed by the rule |",
-        "|---|---|---|---|---|---|---|",
+        "| task | metric | noisy | cleaned (aum < 0 removed) | oracle (true flips removed) | "
+        "cleaned − noisy, 95 % CI | oracle − noisy | removed by the rule |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, result in tasks.items():
         payoff = result["payoff"]
         if payoff is None:
             continue
-        acc = payoff["dev_accuracy"]
 
-        def diff(entry: dict) -> str:
+        def diff(entry: dict, points: bool) -> str:
+            if not points:  # NLL is in nats, not a share
+                return f"{entry['mean']:+.3f} [{entry['ci95'][0]:+.3f}, {entry['ci95'][1]:+.3f}]"
             return f"{100 * entry['mean']:+.2f} [{100 * entry['ci95'][0]:+.2f}, {100 * entry['ci95'][1]:+.2f}] points"
 
-        lines.append(
-            f"| {task} | {cell(mean_std(acc['noisy']))} | {cell(mean_std(acc['cleaned']))} | "
-            f"{cell(mean_std(acc['oracle']))} | {diff(payoff['cleaned_minus_noisy'])} | "
-            f"{diff(payoff['oracle_minus_noisy'])} | {payoff['removed']['cleaned']} |"
-        )
+        for name, prefix in (("dev_accuracy", ""), ("dev_ece", "ece_"), ("dev_nll", "nll_")):
+            values = payoff[name]
+            points = name != "dev_nll"
+            lines.append(
+                f"| {task} | {name[4:]} | {cell(mean_std(values['noisy']))} | {cell(mean_std(values['cleaned']))} | "
+                f"{cell(mean_std(values['oracle']))} | {diff(payoff[f'{prefix}cleaned_minus_noisy'], points)} | "
+                f"{diff(payoff[f'{prefix}oracle_minus_noisy'], points)} | {payoff['removed']['cleaned']} |"
+            )
     return lines
 
 

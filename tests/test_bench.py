@@ -295,3 +295,33 @@ def test_regime_grid_extends_past_an_edge_choice_and_stops_inside(monkeypatch):
     assert best == 0.0001 and asked == [0.001, 0.01, 0.1, 0.0001, 0.00001]  # one step past the edge, then inside
     assert regime_study.extend("label_smoothing", [0.05, 0.1, 0.2], "high") == 0.4
     assert regime_study.extend("label_smoothing", [0.2, 0.4, 0.8], "high") is None  # a factor must stay below 1
+
+
+def test_label_error_summary_pairs_the_payoff_by_seed(monkeypatch):
+    import label_errors
+
+    final = {  # (variant, seed) -> accuracy, ECE, NLL of the run
+        ("noisy", 42): (0.90, 0.20, 0.40),
+        ("noisy", 43): (0.92, 0.22, 0.42),
+        ("cleaned", 42): (0.91, 0.05, 0.30),
+        ("cleaned", 43): (0.94, 0.03, 0.28),
+        ("oracle", 42): (0.93, 0.02, 0.25),
+        ("oracle", 43): (0.93, 0.02, 0.27),
+    }
+
+    def fake_run(options, task, noise, seed, variant="noisy"):
+        if noise != label_errors.PAYOFF_NOISE and variant == "noisy":
+            return None  # only the payoff level was run
+        accuracy, ece, nll = final[variant, seed]
+        record = {"final": {"eval_accuracy": accuracy, "eval_ece": ece, "eval_nll": nll}, "removed": [1] * 7}
+        detection = {"auprc_aum": 0.9, "rule_precision": 0.8, "rule_recall": 0.7}
+        return {**record, "settings": {"seed": seed}, "flipped": [1, 2], "detection": detection, "probe_accuracy": 0.1}
+
+    monkeypatch.setattr(label_errors, "run", fake_run)
+    options = argparse.Namespace(seeds=[42, 43])
+    payoff = label_errors.summarize(options, "trec")["payoff"]
+    assert payoff["dev_accuracy"]["cleaned"] == [0.91, 0.94]
+    assert payoff["cleaned_minus_noisy"]["mean"] == pytest.approx(0.015) and payoff["cleaned_minus_noisy"]["n"] == 2
+    assert payoff["ece_cleaned_minus_noisy"]["mean"] == pytest.approx(-0.17)
+    assert payoff["nll_oracle_minus_noisy"]["mean"] == pytest.approx(-0.15)
+    assert payoff["ece_oracle_minus_cleaned"]["mean"] == pytest.approx(-0.02)
