@@ -66,13 +66,15 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(glue_dir, tmp_p
     env = subprocess_env()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 300
-    logged = 0
+    logged, seen = 0, []
     for line in process.stdout:  # wait for two logged training steps, then interrupt
+        seen.append(line)
         logged += "'mmr/penalty'" in line
         if logged >= 2 or time.monotonic() > deadline:
             break
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=300)
+    assert logged >= 2, "".join(seen)[-3000:]  # the run died before it was interrupted
     assert process.returncode == 128 + signal.SIGTERM, rest[-3000:]
     checkpoint = last_complete_checkpoint(str(out))
     assert checkpoint is not None and "Run the same command again" in rest
