@@ -12,9 +12,9 @@ from transformers import TrainingArguments
 
 from .errors import MMRConfigError
 from .margins import MMR_FORMS
-from .sampling import MarginCache
+from .modes import MODES
 
-MMS_SELECTIONS = ("none", "select", "cached")
+MMS_SELECTIONS = tuple(MODES)  # "none", "select", "cached"
 
 # TrainingArguments' numbers that run_glue users set, and what each must be (checked before the
 # Trainer turns a bad one into a traceback deep in the DataLoader or the optimizer).
@@ -160,7 +160,7 @@ class MMRTrainingArguments(TrainingArguments):
 
     def check_model(self, num_labels: int, problem_type: str | None = None) -> None:
         """Fail clearly if these settings cannot work with a model of ``num_labels`` outputs and ``problem_type``."""
-        uses_margins = self.mmr_enabled or self.mms_selection != "none"
+        uses_margins = self.mmr_enabled or MODES[self.mms_selection].uses_margins
         if uses_margins and (num_labels < 2 or problem_type in ("regression", "multi_label_classification")):
             kind = problem_type or "regression"
             raise MMRConfigError(
@@ -173,7 +173,7 @@ class MMRTrainingArguments(TrainingArguments):
     @property
     def checkpoint_files(self) -> tuple[str, ...]:
         """The files a checkpoint of this run must hold to be resumed exactly, beyond the Trainer's own."""
-        return (MarginCache.FILE_NAME,) if self.mms_selection == "cached" else ()
+        return MODES[self.mms_selection].checkpoint_files  # the mode owns its checkpoint state
 
     @property
     def mmr_enabled(self) -> bool:

@@ -25,6 +25,7 @@ class SelectionMode:
 
     name = "none"
     uses_margins = False  # whether the mode needs the head's features and each batch's example indices
+    checkpoint_files: tuple[str, ...] = ()  # what save() writes, which a checkpoint must hold to resume exactly
 
     def __init__(self, trainer: MMRTrainer):
         self.trainer = trainer

@@ -20,6 +20,7 @@ class CachedSelection(SelectionMode):
 
     name = "cached"
     uses_margins = True
+    checkpoint_files = (MarginCache.FILE_NAME,)
 
     def __init__(self, trainer: Any):
         super().__init__(trainer)
