@@ -160,8 +160,7 @@ class MMRTrainingArguments(TrainingArguments):
 
     def check_model(self, num_labels: int, problem_type: str | None = None) -> None:
         """Fail clearly if these settings cannot work with a model of ``num_labels`` outputs and ``problem_type``."""
-        uses_margins = self.mmr_enabled or MODES[self.mms_selection].uses_margins
-        if uses_margins and (num_labels < 2 or problem_type in ("regression", "multi_label_classification")):
+        if self.uses_margins and (num_labels < 2 or problem_type in ("regression", "multi_label_classification")):
             kind = problem_type or "regression"
             raise MMRConfigError(
                 f"MMR and MMS sampling need single-label classification, but this model is set up for {kind}; "
@@ -174,6 +173,11 @@ class MMRTrainingArguments(TrainingArguments):
     def checkpoint_files(self) -> tuple[str, ...]:
         """The files a checkpoint of this run must hold to be resumed exactly, beyond the Trainer's own."""
         return MODES[self.mms_selection].checkpoint_files  # the mode owns its checkpoint state
+
+    @property
+    def uses_margins(self) -> bool:
+        """Whether training needs the head's features: MMR is on or the selection mode scores examples."""
+        return self.mmr_enabled or MODES[self.mms_selection].uses_margins
 
     @property
     def mmr_enabled(self) -> bool:

@@ -87,7 +87,6 @@ class MMRTrainer(Trainer):
         if self.feature_capture is not None:
             self.feature_capture.remove()
             self.feature_capture = None
-        needs_head = self.args.mmr_enabled or self.selection.uses_margins
         model = self.accelerator.unwrap_model(self.model)
         config = getattr(model, "config", None)
         if config is not None and getattr(config, "num_labels", None) is not None:
@@ -95,7 +94,7 @@ class MMRTrainer(Trainer):
         try:
             path, head = find_classifier_head(model, self.args.mmr_head)
         except HeadNotFoundError as error:
-            if needs_head:
+            if self.args.uses_margins:
                 raise
             logger.warning("MMR diagnostics are off: %s", error)
             return
