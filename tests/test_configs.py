@@ -1,6 +1,7 @@
 """The shipped configs parse, flags after a config override it, and the console script runs the same main()."""
 
 import glob
+import logging
 import os
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ import subprocess
 import pytest
 
 from hf_mmr import default_model_dir
-from run_glue_mmr import parse_args
+from run_glue_mmr import ModelArguments, load_pretrained, parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
@@ -69,3 +70,31 @@ def test_console_script():
     mine = [result.stdout.index(f"\n  --{flag} ") for flag in ("mmr_lambda", "mms_selection", "record_margins")]
     assert heading < min(mine) and max(mine) < result.stdout.index("\n  --learning_rate ")
     assert "{none,select,cached}" in result.stdout and "{weights,margin}" in result.stdout
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_the_config_is_loaded_once_for_tokenizer_and_model():
+    # The tokenizer and the model reuse the one config the script loaded, so the log shows it once.
+    import transformers
+
+    records = _Records()
+    config_logger = logging.getLogger("transformers.configuration_utils")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_info()
+    config_logger.addHandler(records)
+    try:
+        tokenizer, load_model = load_pretrained(ModelArguments(), num_labels=2, task_name="mrpc", online=False)
+        model = load_model()
+    finally:
+        config_logger.removeHandler(records)
+        transformers.logging.set_verbosity(verbosity)
+    assert [m.split(" {")[0] for m in records.messages if m.startswith("Model config")] == ["Model config BertConfig"]
+    assert model.config.num_labels == 2 and tokenizer("a b")["input_ids"]

@@ -38,12 +38,6 @@ def mrpc_run(glue_dir, tmp_path_factory):
 
 
 @pytest.mark.e2e
-def test_the_model_config_is_logged_once(mrpc_run):
-    log = (mrpc_run.parent / "run.log").read_text()
-    assert log.count("Model config BertConfig") == 1
-
-
-@pytest.mark.e2e
 def test_outputs_like_run_glue(mrpc_run):
     for name in (
         "train_results.json",
