@@ -72,29 +72,20 @@ def test_console_script():
     assert "{none,select,cached}" in result.stdout and "{weights,margin}" in result.stdout
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-def test_the_config_is_loaded_once_for_tokenizer_and_model():
+def test_the_config_is_loaded_once_for_tokenizer_and_model(caplog):
     # The tokenizer and the model reuse the one config the script loaded, so the log shows it once.
+    # transformers' loggers do not propagate to the root logger, so caplog's handler is attached directly.
     import transformers
 
-    records = _Records()
     config_logger = logging.getLogger("transformers.configuration_utils")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_info()
-    config_logger.addHandler(records)
+    config_logger.addHandler(caplog.handler)
     try:
         tokenizer, load_model = load_pretrained(ModelArguments(), num_labels=2, task_name="mrpc", online=False)
         model = load_model()
     finally:
-        config_logger.removeHandler(records)
+        config_logger.removeHandler(caplog.handler)
         transformers.logging.set_verbosity(verbosity)
-    assert [m.split(" {")[0] for m in records.messages if m.startswith("Model config")] == ["Model config BertConfig"]
+    assert [m.split(" {")[0] for m in caplog.messages if m.startswith("Model config")] == ["Model config BertConfig"]
     assert model.config.num_labels == 2 and tokenizer("a b")["input_ids"]
