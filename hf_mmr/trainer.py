@@ -22,7 +22,7 @@ from .errors import CheckpointError, HeadNotFoundError, MMRConfigError, NonFinit
 from .evaluation import EvalMargins
 from .head import FeatureCapture, HeadCall, find_classifier_head, logits_of
 from .margins import minimal_margin_scores, mmr_penalty, squared_radius
-from .modes import SelectionMode, selection_mode
+from .modes import MicroBatch, SelectionMode, selection_mode
 from .recording import MarginRecorder, write_table
 from .recovery import check_resumable, last_complete_checkpoint, mark_complete
 from .sampling import INDEX_KEY, IndexCollator, IndexedDataset, pool_size_to_select
@@ -127,7 +127,8 @@ class MMRTrainer(Trainer):
             call = self.feature_capture.pop(logits)
             if labels is not None:
                 mms = self._observe(call, logits, labels, indices)
-                loss, factor = self.selection.weight_loss(loss, logits, labels, indices, mms, num_items_in_batch)
+                batch = MicroBatch(logits, labels, indices, mms, num_items_in_batch)
+                loss, factor = self.selection.weight_loss(loss, batch)
                 term = self._margin_term(call, logits, labels)
                 if term is not None:
                     if factor is None:

@@ -9,7 +9,7 @@ from conftest import make_trainer, step_logs
 from hf_mmr import MMRTrainer
 from hf_mmr.card import mmr_card_text
 from hf_mmr.diagnostics import DiagnosticWindow
-from hf_mmr.modes import MODES, CachedSelection, PoolSelection, SelectionMode, selection_mode
+from hf_mmr.modes import MODES, CachedSelection, MicroBatch, PoolSelection, SelectionMode, selection_mode
 from hf_mmr.sampling import INDEX_KEY, take_rows
 
 
@@ -26,7 +26,8 @@ def test_the_uniform_mode_changes_nothing():
     mode = selection_mode(types.SimpleNamespace(args=types.SimpleNamespace(mms_selection="none")))
     batch, loss = {"input_ids": torch.ones(2, 3)}, torch.tensor(0.5)
     assert mode.select(None, batch) is batch and mode.sampler() is None and mode.pool_factor == 1
-    assert mode.weight_loss(loss, None, None, None, None, 4) == (loss, None)
+    micro_batch = MicroBatch(torch.zeros(2, 2), torch.zeros(2), None, torch.zeros(2), 4)
+    assert mode.weight_loss(loss, micro_batch) == (loss, None)
     assert mode.plan((1, 2), None) == (1, 2) and mode.resume_position(3, 4) == (3, 4) and mode.epoch_arguments(0) == {}
     assert mode.items_in_batch(7, []) == 7 and not mode.uses_margins
 

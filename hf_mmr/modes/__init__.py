@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import SelectionMode
+from .base import MicroBatch, SelectionMode
 from .cached import CachedSelection
 from .select import PoolSelection
 
@@ -16,4 +16,4 @@ def selection_mode(trainer: Any) -> SelectionMode:
     return MODES[trainer.args.mms_selection](trainer)
 
 
-__all__ = ["MODES", "CachedSelection", "PoolSelection", "SelectionMode", "selection_mode"]
+__all__ = ["MODES", "CachedSelection", "MicroBatch", "PoolSelection", "SelectionMode", "selection_mode"]

@@ -8,6 +8,7 @@ hooks from its own; the default does nothing at any of them, so training is the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,6 +16,17 @@ from torch import nn
 
 if TYPE_CHECKING:
     from ..trainer import MMRTrainer
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """A training micro-batch as the trainer saw it: what a mode may weight its loss by."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor | None  # the examples' positions in the train dataset (None when not collected)
+    mms: torch.Tensor  # the examples' minimal margin scores
+    num_items_in_batch: torch.Tensor | int | None
 
 
 class SelectionMode:
@@ -62,19 +74,10 @@ class SelectionMode:
         """``num_items_in_batch`` of an accumulated step, counted over the examples that will be trained on."""
         return num_items
 
-    def weight_loss(
-        self,
-        loss: torch.Tensor,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        indices: torch.Tensor | None,
-        mms: torch.Tensor,
-        num_items_in_batch: torch.Tensor | int | None,
-    ) -> tuple[torch.Tensor, Any]:
+    def weight_loss(self, loss: torch.Tensor, batch: MicroBatch) -> tuple[torch.Tensor, Any]:
         """The classification loss of a training micro-batch, and the factor that puts a batch mean on its footing.
 
-        ``mms`` are the micro-batch's minimal margin scores. A factor of None leaves it to the trainer
-        (the loss is the Trainer's own).
+        A factor of None leaves it to the trainer (the loss is the Trainer's own).
         """
         return loss, None
 

@@ -9,7 +9,7 @@ import torch
 from ..collectives import gather_examples
 from ..errors import MMRConfigError
 from ..sampling import CachedMarginSampler, EpochPlan, MarginCache, plan_epochs
-from .base import SelectionMode
+from .base import MicroBatch, SelectionMode
 
 
 class CachedSelection(SelectionMode):
@@ -100,23 +100,17 @@ class CachedSelection(SelectionMode):
             return {}
         return {"steps_in_epoch": self.epochs.batches[epoch], "num_update_steps_per_epoch": self.epochs.steps[epoch]}
 
-    def weight_loss(
-        self,
-        loss: torch.Tensor,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        indices: torch.Tensor | None,
-        mms: torch.Tensor,
-        num_items_in_batch: torch.Tensor | int | None,
-    ) -> tuple[torch.Tensor, Any]:
+    def weight_loss(self, loss: torch.Tensor, batch: MicroBatch) -> tuple[torch.Tensor, Any]:
         """Remember the batch's MMS; the loss becomes the epoch's weighted sum, normalized as the Trainer's."""
-        if self.cache is None or indices is None:
+        if self.cache is None or batch.indices is None:
             return loss, None
         trainer = self.trainer
-        self.cache.update(*gather_examples(trainer.accelerator, indices, mms))
-        scale = trainer.loss_scale.of_sum(labels.shape[0], num_items_in_batch)
-        weighted = self.cache.weighted_loss(logits, labels, indices, trainer.args.label_smoothing_factor)
-        return weighted * scale, labels.shape[0] * scale
+        self.cache.update(*gather_examples(trainer.accelerator, batch.indices, batch.mms))
+        n = batch.labels.shape[0]
+        scale = trainer.loss_scale.of_sum(n, batch.num_items_in_batch)
+        smoothing = trainer.args.label_smoothing_factor
+        weighted = self.cache.weighted_loss(batch.logits, batch.labels, batch.indices, smoothing)
+        return weighted * scale, n * scale
 
     def log(self, logs: dict[str, float]) -> None:
         if self.epochs is not None:  # fixed for the whole epoch: read, not averaged
