@@ -21,7 +21,8 @@ Per run: clean dev accuracy, dev ECE and NLL (``MMRTrainer``'s ``eval_ece`` and 
 in the noisy condition the final model's accuracy on the flipped training examples against their
 noisy labels (how much noise it memorized). ``OUT/summary.{json,md}``: per task and condition, mean ±
 sd of accuracy and ECE, the paired difference to the baseline and to label smoothing with 95 %
-t intervals and the seeds better; ``OUT/<task>_<condition>.png`` plots accuracy and ECE per arm.
+t intervals and the seeds better (of memorization too, in the noisy condition);
+``OUT/<task>_<condition>.png`` plots accuracy and ECE per arm.
 
     python bench/regime_study.py --out docs/regime_study --conditions noisy
     python bench/regime_study.py --out docs/regime_study --summary_only
@@ -139,19 +140,18 @@ def summarize(arms: dict[str, float | None], records: dict[str, list[dict]], gri
         "ece": lambda r: r["final"]["eval_ece"],
         "nll": lambda r: r["final"]["eval_nll"],
     }
+    if all("probe_accuracy" in r for rs in records.values() for r in rs):  # the noisy condition
+        metric["memorized"] = lambda r: r["probe_accuracy"]  # accuracy on the flipped labels: lower is better
     values = {arm: {name: [get(r) for r in rs] for name, get in metric.items()} for arm, rs in records.items()}
     result: dict = {"heldout_grid": grid, "arms": {}}
     for arm, rs in records.items():
         entry: dict = {"setting": arms[arm], "seeds": [r["settings"]["seed"] for r in rs]}
         for name in metric:
             entry[name] = {"values": values[arm][name], "mean_sd": mean_std(values[arm][name])}
-        if rs and "probe_accuracy" in rs[0]:
-            entry["memorized"] = {"values": [r["probe_accuracy"] for r in rs]}
-            entry["memorized"]["mean_sd"] = mean_std(entry["memorized"]["values"])
         for reference in ("baseline", "label_smoothing"):
             if arm == reference or (reference == "label_smoothing" and arm == "baseline"):
                 continue
-            for name in ("accuracy", "ece"):
+            for name in (key for key in metric if key != "nll"):
                 difference = paired_difference(values[arm][name], values[reference][name])
                 better = sum(
                     (a > b) if name == "accuracy" else (a < b)
@@ -171,8 +171,8 @@ def summary_lines(results: dict[str, dict]) -> list[str]:
     lines = [
         "| task | condition | arm | setting | dev accuracy | dev ECE | dev NLL | acc. − baseline, points | "
         "acc. − label smoothing, points | ECE − baseline, points | ECE − label smoothing, points | "
-        "flipped memorized |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "flipped memorized | memorized − baseline, points |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, result in results.items():
         task, condition = key.split("/")
@@ -185,13 +185,14 @@ def summary_lines(results: dict[str, dict]) -> list[str]:
                     "accuracy_minus_label_smoothing",
                     "ece_minus_baseline",
                     "ece_minus_label_smoothing",
+                    "memorized_minus_baseline",
                 )
             ]
             setting = "" if entry["setting"] is None else f"{entry['setting']:g}"
             memorized = f"{entry['memorized']['mean_sd'][0]:.3f}" if "memorized" in entry else ""
             lines.append(
                 f"| {task} | {condition} | {arm} | {setting} | {acc[0]:.4f} ± {acc[1]:.4f} | "
-                f"{ece[0]:.4f} ± {ece[1]:.4f} | {nll[0]:.3f} | " + " | ".join(cells) + f" | {memorized} |"
+                f"{ece[0]:.4f} ± {ece[1]:.4f} | {nll[0]:.3f} | " + " | ".join(cells[:4] + [memorized, cells[4]]) + " |"
             )
     lines += ["", "| task | condition | held-out accuracy of every grid value (first seed) |", "|---|---|---|"]
     for key, result in results.items():

@@ -297,6 +297,29 @@ def test_regime_grid_extends_past_an_edge_choice_and_stops_inside(monkeypatch):
     assert regime_study.extend("label_smoothing", [0.2, 0.4, 0.8], "high") is None  # a factor must stay below 1
 
 
+def test_regime_summary_pairs_memorization_by_seed_and_counts_lower_as_better():
+    import regime_study
+
+    def record(seed, accuracy, memorized):
+        final = {"eval_accuracy": accuracy, "eval_ece": 0.1, "eval_nll": 0.5}
+        return {"settings": {"seed": seed}, "final": final, "probe_accuracy": memorized, "wall_seconds": 1.0}
+
+    records = {
+        "baseline": [record(42, 0.80, 0.50), record(43, 0.70, 0.60)],
+        "label_smoothing": [record(42, 0.80, 0.50), record(43, 0.70, 0.60)],
+        "weights": [record(42, 0.81, 0.30), record(43, 0.72, 0.55)],
+    }
+    result = regime_study.summarize({"baseline": None, "label_smoothing": 0.1, "weights": 0.1}, records, {})
+    memorized = result["arms"]["weights"]["memorized_minus_baseline"]
+    assert memorized["mean"] == pytest.approx(-0.125) and memorized["seeds_better"] == 2 and memorized["n"] == 2
+    assert result["arms"]["weights"]["accuracy_minus_baseline"]["seeds_better"] == 2
+    line = regime_study.summary_lines({"sst2/noisy": result})[4]
+    assert line.endswith("| 0.425 | -12.50 [-107.80, +82.80] (2/2) |")  # t(1) = 12.71
+    del records["weights"][0]["probe_accuracy"]  # the small condition has no flipped labels to memorize
+    small = regime_study.summarize({"baseline": None, "label_smoothing": 0.1, "weights": 0.1}, records, {})
+    assert "memorized" not in small["arms"]["weights"] and "memorized_minus_baseline" not in small["arms"]["weights"]
+
+
 def test_label_error_summary_pairs_the_payoff_by_seed(monkeypatch):
     import label_errors
 
