@@ -262,6 +262,8 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MMRTrainingArguments))
     group_mmr_flags(parser)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        if os.path.isdir(argv[0]):
+            raise UsageError(f"config file {argv[0]!r} is a folder; give the YAML or JSON file inside it")
         if not os.path.isfile(argv[0]):
             raise UsageError(f"config file {argv[0]!r} does not exist")
         try:
@@ -330,6 +332,8 @@ def _describe(kind: Any) -> str:
         return f"a list of {_describe(arguments[0]) if arguments else 'values'}"
     if kind is dict or origin is dict:
         return "a mapping"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(argument) for argument in arguments)
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     return words.get(kind, "a single value")
 
@@ -347,6 +351,13 @@ def check_config_types(values: dict, path: str, argument_classes: tuple[type, ..
             )
 
 
+def _flag_text(value: Any) -> str:
+    """A config value as its flag's text; a whole float (YAML's ``100.0``) as ``100``, which int fields take too."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def config_to_flags(values: dict) -> list[str]:
     """Turn a config mapping into flags, so that later flags on the command line win (argparse keeps the last)."""
     flags: list[str] = []
@@ -355,11 +366,11 @@ def config_to_flags(values: dict) -> list[str]:
             continue
         flags.append(f"--{key}")
         if isinstance(value, (list, tuple)):
-            flags.extend(str(item) for item in value)
+            flags.extend(_flag_text(item) for item in value)
         elif isinstance(value, dict):  # fields such as fsdp_config take a mapping as a JSON string
             flags.append(json.dumps(value))
         else:
-            flags.append(str(value))
+            flags.append(_flag_text(value))
     return flags
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import zipfile
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .errors import CheckpointError
@@ -71,6 +72,31 @@ def _json_problem(path: str, required: tuple[str, ...] = ()) -> str | None:
     return f"lacks the field {missing[0]!r}" if missing else None
 
 
+def _trainer_state_problem(path: str) -> str | None:
+    """What ``TrainerState.load_from_json`` and the resume arithmetic would trip on; None if it loads."""
+    if problem := _json_problem(path, ("global_step",)):
+        return problem
+    with open(path, encoding="utf-8") as handle:
+        state = json.load(handle)
+    kinds = {field.name: field.type for field in dataclasses.fields(TrainerState)}
+    unknown = [key for key in state if key not in kinds]
+    if unknown:
+        return f"has the field {unknown[0]!r}, which TrainerState does not know"
+    step = state["global_step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"has global_step = {step!r}, not a whole number >= 0"
+    for key, value in state.items():  # the counts the resume computes with must be numbers
+        if value is None and kinds[key] in (int | None, float | None):
+            continue
+        if kinds[key] in (int, float, int | None, float | None) and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
+            return f"has {key} = {value!r}, not a number"
+    if not isinstance(state.get("log_history", []), list):
+        return "has a log_history that is not a list"
+    return None
+
+
 # The files of a checkpoint that resuming reads, and how each is checked.
 _WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
 _TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "mms_state.pt", "margins_state.pt")
@@ -79,7 +105,8 @@ _TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "m
 def checkpoint_problem(folder: str, required: tuple[str, ...] = ()) -> str | None:
     """Why a checkpoint folder cannot be resumed, naming the file; None if it is sound.
 
-    Checked: the completion marker; ``trainer_state.json`` (valid JSON with ``global_step``) and
+    Checked: the completion marker; ``trainer_state.json`` (valid JSON that ``TrainerState`` loads: known
+    fields, ``global_step`` a whole number >= 0, the other counts numbers) and
     ``config.json``; the weights (a safetensors file's header against its size, its shards too; a
     torch file's checksums); ``optimizer.pt``, ``scheduler.pt``, the RNG states and the MMS or margin
     state where present; and each file named in ``required`` (such as ``mms_state.pt``) must exist.
@@ -92,8 +119,8 @@ def checkpoint_problem(folder: str, required: tuple[str, ...] = ()) -> str | Non
     for name in ("trainer_state.json", *required):
         if name not in names:
             return f"{os.path.join(folder, name)} is missing"
-    for name, fields in (("trainer_state.json", ("global_step",)), ("config.json", ())):
-        if name in names and (problem := _json_problem(os.path.join(folder, name), fields)):
+    for name, check in (("trainer_state.json", _trainer_state_problem), ("config.json", _json_problem)):
+        if name in names and (problem := check(os.path.join(folder, name))):
             return f"{os.path.join(folder, name)} {problem}"
     weights = [name for name in _WEIGHT_FILES if name in names]
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):

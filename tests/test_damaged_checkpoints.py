@@ -38,6 +38,12 @@ def halve(path):
         handle.truncate(os.path.getsize(path) // 2)
 
 
+def edit_state(folder, **fields):
+    """Hand-edit a checkpoint's trainer_state.json, as a user might."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    (folder / "trainer_state.json").write_text(json.dumps({**state, **fields}))
+
+
 def cached_trainer(out, **settings):
     fixed = {"per_device_train_batch_size": 4, "max_steps": 4, "save_strategy": "steps", "save_steps": 2}
     return make_trainer(out, None, synthetic_dataset(n=16), mms_selection="cached", **{**fixed, **settings})
@@ -57,6 +63,10 @@ def saved(tmp_path):
         (lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 8 + b"{}"), "model.safetensors", "header"),
         (lambda f: (f / "trainer_state.json").write_text('{"global_step": 4,'), "trainer_state.json", "not valid JSON"),
         (lambda f: (f / "trainer_state.json").write_text("{}"), "trainer_state.json", "'global_step'"),
+        (lambda f: edit_state(f, global_step="4"), "trainer_state.json", "global_step = '4', not a whole number"),
+        (lambda f: edit_state(f, epoch=[1]), "trainer_state.json", "epoch = [1], not a number"),
+        (lambda f: edit_state(f, log_history={}), "trainer_state.json", "log_history that is not a list"),
+        (lambda f: edit_state(f, steps=4), "trainer_state.json", "'steps', which TrainerState does not know"),
         (lambda f: halve(f / "optimizer.pt"), "optimizer.pt", "cut short"),
         (lambda f: halve(f / "rng_state.pth"), "rng_state.pth", "cut short"),
         (lambda f: (f / "mms_state.pt").unlink(), "mms_state.pt", "missing"),
@@ -248,6 +258,7 @@ def test_an_output_dir_below_a_file_is_refused_before_loading_data(tmp_path):
         ("mmr_lambda: [0.1, 0.2]", ["'mmr_lambda'", "a number", "[0.1, 0.2]"], True),
         ("per_device_train_batch_size: {a: 1}", ["'per_device_train_batch_size'", "an integer"], False),
         ("do_train: maybe", ["'do_train'", "true or false"], False),
+        ("mmr_form: 3", ["'mmr_form'", "one of 'weights', 'margin'", "got 3"], False),
         ("num_train_epochs: two", ["'num_train_epochs'", "'two'"], False),
         ("mmr_search_forms: [weights, {a: 1}]", ["'mmr_search_forms'", "a list of a string"], False),
     ],
@@ -267,3 +278,11 @@ def test_config_values_that_fit_their_fields_are_taken(tmp_path):
     config.write_text(f"task_name: rte\noutput_dir: {tmp_path}\nlearning_rate: 1e-4\nmmr_search_forms: margin\n")
     _, data_args, training_args = parse_args([str(config)])
     assert training_args.learning_rate == 1e-4 and data_args.mmr_search_forms == ["margin"]
+    config.write_text(f"task_name: rte\noutput_dir: {tmp_path}\nmax_train_samples: 100.0\nnum_train_epochs: 2.0\n")
+    _, data_args, training_args = parse_args([str(config)])  # YAML's whole floats fit int fields
+    assert data_args.max_train_samples == 100 and training_args.num_train_epochs == 2.0
+
+
+def test_a_config_path_that_is_a_folder_is_named(tmp_path, capsys):
+    (tmp_path / "run.yaml").mkdir()
+    assert_one_line_error(in_process([str(tmp_path / "run.yaml")], capsys), "run.yaml", "is a folder")
