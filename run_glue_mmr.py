@@ -200,6 +200,21 @@ def has_rows(path: str) -> bool:
         return handle.read().strip() not in ("", "[]", "{}")
 
 
+# A folder holds a tokenizer if it has one of these (save_pretrained writes the first two).
+TOKENIZER_FILES = (
+    "tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model"
+)  # fmt: skip
+
+
+def check_local_folder(flag: str, source: str, needs: tuple[str, ...]) -> None:
+    """A local folder given for a model, config or tokenizer must hold one of the files that loading it reads."""
+    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, name)) for name in needs):
+        raise UsageError(
+            f"{flag} {source!r} is a folder without {' or '.join(needs[:2])}; "
+            "point it at a folder written by save_pretrained"
+        )
+
+
 @dataclass
 class ModelArguments:
     """Which model, config and tokenizer to fine-tune."""
@@ -243,6 +258,14 @@ class ModelArguments:
     def __post_init__(self) -> None:
         if self.model_name_or_path is None:
             self.model_name_or_path = default_model_dir()
+        # Checked now, before any data is read: a local folder must hold what loading it reads.
+        check_local_folder(*self.source("config"), ("config.json",))
+        check_local_folder(*self.source("tokenizer"), TOKENIZER_FILES)
+
+    def source(self, part: str) -> tuple[str, str]:
+        """The flag and the name or path the config or the tokenizer is loaded from."""
+        own = self.config_name if part == "config" else self.tokenizer_name
+        return (f"--{part}_name", own) if own else ("--model_name_or_path", self.model_name_or_path)
 
 
 def group_mmr_flags(parser: HfArgumentParser) -> None:
@@ -480,6 +503,16 @@ def load_raw_datasets(
     return raw
 
 
+def cannot_load(flag: str, source: str, error: Exception, online: bool) -> UsageError:
+    """The one line for a model, config or tokenizer that did not load: why, or that the Hub cannot be reached."""
+    if online or os.path.isdir(source):
+        return UsageError(f"cannot load {flag} {source!r}: {str(error).splitlines()[0]}")
+    return UsageError(
+        f"{flag} {source!r} is not a local folder and the Hub cannot be reached; "
+        "pass a local model path, or leave the flag out for the packaged MiniLM"
+    )
+
+
 def load_pretrained(
     model_args: ModelArguments, num_labels: int, task_name: str | None, online: bool
 ) -> tuple[Any, Callable[[], Any]]:
@@ -492,28 +525,20 @@ def load_pretrained(
         "trust_remote_code": model_args.trust_remote_code,
         "local_files_only": not online,
     }
+    config_flag, config_source = model_args.source("config")
+    tokenizer_flag, tokenizer_source = model_args.source("tokenizer")
     try:
-        config = AutoConfig.from_pretrained(
-            model_args.config_name or model_args.model_name_or_path,
-            num_labels=num_labels,
-            finetuning_task=task_name,
-            **common,
-        )
-        # The model's config, already loaded, tells AutoTokenizer its class (instead of loading and logging it again).
-        same_folder = {"config": config} if not model_args.tokenizer_name else {}
+        config = AutoConfig.from_pretrained(config_source, num_labels=num_labels, finetuning_task=task_name, **common)
+    except (OSError, ValueError) as error:
+        raise cannot_load(config_flag, config_source, error, online) from None
+    # The model's config, already loaded, tells AutoTokenizer its class (instead of loading and logging it again).
+    same_folder = {"config": config} if not model_args.tokenizer_name else {}
+    try:
         tokenizer = AutoTokenizer.from_pretrained(
-            model_args.tokenizer_name or model_args.model_name_or_path,
-            use_fast=model_args.use_fast_tokenizer,
-            **same_folder,
-            **common,
+            tokenizer_source, use_fast=model_args.use_fast_tokenizer, **same_folder, **common
         )
-    except OSError as error:
-        if online or os.path.isdir(model_args.model_name_or_path):
-            raise UsageError(f"cannot load --model_name_or_path {model_args.model_name_or_path!r}: {error}") from None
-        raise UsageError(
-            f"--model_name_or_path {model_args.model_name_or_path!r} is not a local folder and the Hub cannot be "
-            "reached; pass a local model path, or leave the flag out for the packaged MiniLM"
-        ) from None
+    except (OSError, ValueError) as error:
+        raise cannot_load(tokenizer_flag, tokenizer_source, error, online) from None
 
     def load_model() -> Any:
         try:

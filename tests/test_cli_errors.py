@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 from conftest import subprocess_env
 
+from hf_mmr import default_model_dir
 from hf_mmr.recovery import COMPLETE_MARKER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +46,15 @@ def data_files(tmp_path, train, dev, extension="csv", *more):
         write(tmp_path / f"b.{extension}", dev),
         *more,
     ]
+
+
+def model_without_weights(folder):
+    """A model folder with its config and the packaged tokenizer, but no weights file."""
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        if os.path.isfile(os.path.join(default_model_dir(), name)):
+            folder.mkdir(exist_ok=True)
+            shutil.copy(os.path.join(default_model_dir(), name), folder / name)
+    return str(folder)
 
 
 def checkpoint_with_labels(tmp_path, num_labels):
@@ -219,7 +230,7 @@ CASES = [
             "--glue_dir",
             g,
             "--model_name_or_path",
-            os.path.dirname(write(t / "model" / "config.json", '{"model_type": "bert", "vocab_size": 10}')),
+            model_without_weights(t / "model"),
         ],
         ["--model_name_or_path", "weights"],
     ),

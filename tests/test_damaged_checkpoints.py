@@ -253,6 +253,24 @@ def test_an_output_dir_below_a_file_is_refused_before_loading_data(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "flag,make,words",
+    [
+        ("--model_name_or_path", lambda d: None, "is a folder without config.json"),
+        ("--tokenizer_name", lambda d: None, "is a folder without tokenizer_config.json or tokenizer.json"),
+        ("--config_name", lambda d: (d / "config.json").write_text("{}"), "cannot load --config_name"),
+    ],
+)
+def test_a_model_folder_that_cannot_be_loaded_is_named(tmp_path, capsys, glue_dir, flag, make, words):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    make(folder)
+    args = ["--task_name", "rte", "--glue_dir", glue_dir, "--do_train", "--output_dir", str(tmp_path / "out")]
+    assert_one_line_error(in_process([*args, flag, str(folder)], capsys), flag, "my-model", words)
+    kept = ["config.json"] if flag == "--config_name" else []
+    assert not (tmp_path / "out").exists() and os.listdir(folder) == kept
+
+
+@pytest.mark.parametrize(
     "line,words,real",
     [
         ("mmr_lambda: [0.1, 0.2]", ["'mmr_lambda'", "a number", "[0.1, 0.2]"], True),
