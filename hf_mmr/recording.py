@@ -121,7 +121,10 @@ class MarginRecorder:
         margin, logit_margin, loss, p, p_squared = means.numpy()
         variability = (p_squared - p * p).clip(min=0.0) ** 0.5
         suspect = pd.array([bool(m < 0) if t else None for m, t in zip(margin, trained.tolist())], dtype="boolean")
-        as_ids = lambda column: pd.array([int(v) if v >= 0 else None for v in column.tolist()], dtype="Int64")
+
+        def as_ids(column: torch.Tensor) -> Any:  # -1 (never seen) becomes an empty cell
+            return pd.array([int(v) if v >= 0 else None for v in column.tolist()], dtype="Int64")
+
         return pd.DataFrame(
             {
                 "index": range(self.num_examples),
