@@ -25,3 +25,7 @@ class CheckpointError(MMRError, ValueError):
 
 class NonFiniteLossError(MMRError, RuntimeError):
     """The training loss became nan or inf; the weights and the checkpoints on disk are from before it."""
+
+
+class RunFolderError(MMRError, ValueError):
+    """A run's output folder that the report cannot read (a file missing or damaged); the message names the file."""

@@ -41,6 +41,8 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import MMRConfigError
+
 # Smallest class-row distance used as a divisor in the MMS: two identical class rows
 # (distance 0) give a large but finite score instead of inf or nan.
 DISTANCE_EPS = 1e-8
@@ -106,9 +108,9 @@ def mmr_penalty(
     """
     num_classes = weight.shape[0]
     if not 1 <= top_k <= num_classes - 1:
-        raise ValueError(f"top_k must be between 1 and the number of classes - 1 ({num_classes - 1}), got {top_k}")
+        raise MMRConfigError(f"top_k must be between 1 and the number of classes - 1 ({num_classes - 1}), got {top_k}")
     if form not in MMR_FORMS:
-        raise ValueError(f"form must be one of {', '.join(MMR_FORMS)}, got {form!r}")
+        raise MMRConfigError(f"form must be one of {', '.join(MMR_FORMS)}, got {form!r}")
     with _no_autocast(features.device):
         features, weight = _full_precision(features, weight)
         if logits is None:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .errors import MMRConfigError
+
 METRIC_DIR = os.path.join(os.path.dirname(__file__), "glue_metric")
 
 
@@ -67,7 +69,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     if probs.ndim != 2 or len(probs) != len(labels) or not len(labels):
-        raise ValueError(f"need probs of shape (N, C) and N labels, got {probs.shape} and {labels.shape}")
+        raise MMRConfigError(f"need probs of shape (N, C) and N labels, got {probs.shape} and {labels.shape}")
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)

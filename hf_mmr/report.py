@@ -25,6 +25,8 @@ import sys
 
 import numpy as np
 
+from .errors import RunFolderError
+
 
 def training_series(state: dict) -> dict[str, tuple[list[int], list[float]]]:
     """``name -> (steps, values)`` of every numeric training-log entry."""
@@ -41,13 +43,24 @@ def training_series(state: dict) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def load_run(output_dir: str) -> tuple[dict, np.ndarray | None]:
+    """A run's ``trainer_state.json`` and, if saved, its evaluation MMS; ``RunFolderError`` names a damaged file."""
     path = os.path.join(output_dir, "trainer_state.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{output_dir} has no trainer_state.json; point to a finished run's --output_dir")
-    with open(path) as handle:
-        state = json.load(handle)
+        raise RunFolderError(f"{output_dir} has no trainer_state.json; point to a finished run's --output_dir")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"{path} is not valid JSON ({error}); it was cut short or edited") from None
+    if not isinstance(state, dict) or not isinstance(state.get("log_history", []), list):
+        raise RunFolderError(f"{path} has no log_history list; is it a Trainer's trainer_state.json?")
     mms_path = os.path.join(output_dir, "eval_mms.npy")
-    return state, (np.load(mms_path) if os.path.isfile(mms_path) else None)
+    if not os.path.isfile(mms_path):
+        return state, None
+    try:
+        return state, np.load(mms_path)
+    except (OSError, ValueError, EOFError) as error:
+        raise RunFolderError(f"{mms_path} cannot be read ({error}); delete it to plot without it") from None
 
 
 def plot_training(runs: dict[str, dict], path: str) -> None:
@@ -100,14 +113,21 @@ def plot_eval_mms(
 
 def load_margins(output_dir: str):
     """The run's ``train_margins.csv`` as a DataFrame, or None if it recorded none."""
-    from .recording import MARGINS_FILE
+    from .recording import MARGINS_FILE, TABLE_COLUMNS
 
     path = os.path.join(output_dir, MARGINS_FILE)
     if not os.path.isfile(path):
         return None
     import pandas as pd
 
-    return pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise RunFolderError(f"{path} cannot be read as CSV ({str(error).strip()})") from None
+    missing = [column for column in TABLE_COLUMNS if column not in table.columns]
+    if missing:
+        raise RunFolderError(f"{path} lacks the column {missing[0]!r}; is it a train_margins.csv of hf-mmr?")
+    return table
 
 
 def suspects(table, k: int) -> str:
@@ -158,9 +178,9 @@ def main(argv: list[str] | None = None) -> list[str]:
         parser.error("--labels needs one label per output directory")
     try:
         loaded = {label: load_run(d) for label, d in zip(labels, options.output_dirs)}
-    except FileNotFoundError as error:
+        margins = load_margins(options.output_dirs[0])
+    except RunFolderError as error:
         parser.error(str(error))
-    margins = load_margins(options.output_dirs[0])
     if options.suspects is not None:
         if options.suspects < 1:
             parser.error(f"--suspects must be >= 1, got {options.suspects}")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import MMRConfigError
 from .margins import MMR_FORMS
 
 logger = logging.getLogger(__name__)
@@ -44,12 +45,12 @@ def make_mmr_hp_space(
     ``mmr_detach_radius`` among ``detach_radius`` (a single choice is fixed, not searched)."""
     low, high = lambda_range
     if not 0 < low <= high:
-        raise ValueError(f"the lambda range must satisfy 0 < low <= high, got {lambda_range}")
+        raise MMRConfigError(f"the lambda range must satisfy 0 < low <= high, got {lambda_range}")
     unknown = [form for form in forms if form not in MMR_FORMS]
     if not forms or unknown:
-        raise ValueError(f"forms must be among {', '.join(MMR_FORMS)}, got {list(forms)}")
+        raise MMRConfigError(f"forms must be among {', '.join(MMR_FORMS)}, got {list(forms)}")
     if not detach_radius:
-        raise ValueError("detach_radius needs at least one value")
+        raise MMRConfigError("detach_radius needs at least one value")
 
     def hp_space(trial: Any) -> dict[str, Any]:
         space = {"mmr_lambda": trial.suggest_float("mmr_lambda", low, high, log=True)}

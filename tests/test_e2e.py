@@ -309,6 +309,24 @@ def test_report_names_a_missing_run(tmp_path, capsys):
     assert "trainer_state.json" in report_error([str(tmp_path)], capsys)
 
 
+@pytest.mark.parametrize(
+    "name,content,words",
+    [
+        ("trainer_state.json", '{"log_history": [', "is not valid JSON"),
+        ("trainer_state.json", '{"log_history": {}}', "has no log_history list"),
+        ("eval_mms.npy", "cut", "cannot be read"),
+        ("train_margins.csv", "index,label\n0,1\n", "lacks the column 'seen'"),
+    ],
+)
+def test_report_names_a_damaged_file_of_the_run(tmp_path, capsys, name, content, words):
+    (tmp_path / "trainer_state.json").write_text('{"log_history": []}')
+    (tmp_path / name).write_text(content)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    error = report_error([str(tmp_path), "--suspects", "3"], capsys)
+    assert str(tmp_path / name) in error and words in error
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # nothing written or removed
+
+
 @pytest.mark.e2e
 def test_pipeline_loads_the_output_without_hf_mmr(mrpc_run):
     code = f"""
