@@ -141,8 +141,13 @@ class MMRTrainingArguments(TrainingArguments):
         if self.mmr_form not in MMR_FORMS:
             raise MMRConfigError(f"--mmr_form must be one of {', '.join(MMR_FORMS)}, got {self.mmr_form!r}")
         _check_number(self, "mmr_top_k", integer=True, at_least=1)
-        if self.mmr_head is not None and not self.mmr_head.strip():
-            raise MMRConfigError("--mmr_head must be a module path such as 'classifier', or left unset")
+        if self.mmr_head is not None and not (isinstance(self.mmr_head, str) and self.mmr_head.strip()):
+            raise MMRConfigError(
+                f"--mmr_head must be a module path such as 'classifier', or left unset; got {self.mmr_head!r}"
+            )
+        for name in ("mmr_detach_radius", "record_margins"):  # a string such as "false" would read as True
+            if not isinstance(getattr(self, name), bool):
+                raise MMRConfigError(f"--{name} must be True or False, got {getattr(self, name)!r}")
         if self.mms_selection not in MMS_SELECTIONS:
             raise MMRConfigError(
                 f"--mms_selection must be one of {', '.join(MMS_SELECTIONS)}, got {self.mms_selection!r}"

@@ -155,6 +155,9 @@ def test_trains_with_other_heads(tmp_path, model_type):
         ("mmr_top_k", 0, "--mmr_top_k"),
         ("mmr_form", "ratio", "--mmr_form must be one of weights, margin"),
         ("mmr_head", " ", "--mmr_head"),
+        ("mmr_head", 3, "--mmr_head must be a module path .*got 3"),
+        ("mmr_detach_radius", "false", "--mmr_detach_radius must be True or False, got 'false'"),
+        ("record_margins", "yes", "--record_margins must be True or False"),
     ],
 )
 def test_invalid_arguments_fail_at_construction(tmp_path, field, value, message):
