@@ -305,7 +305,7 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
         unknown_keys = [key for key in values if key not in known]
         if unknown_keys:
             raise UsageError(f"config file {argv[0]}: unknown key {unknown_keys[0]!r}; see --help for the names")
-        check_config_types(values, argv[0], (ModelArguments, DataTrainingArguments, MMRTrainingArguments))
+        values = check_config_types(values, argv[0], (ModelArguments, DataTrainingArguments, MMRTrainingArguments))
         argv = config_to_flags(values) + argv[1:]
     model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
@@ -361,24 +361,25 @@ def _describe(kind: Any) -> str:
     return words.get(kind, "a single value")
 
 
-def check_config_types(values: dict, path: str, argument_classes: tuple[type, ...]) -> None:
-    """Every value of a config file must fit its field's type; one line naming the key, the file and the value."""
+def check_config_types(values: dict, path: str, argument_classes: tuple[type, ...]) -> dict:
+    """Every value of a config file must fit its field's type; one line naming the key, the file and the value.
+
+    Returns the values with a whole float in an integer field (YAML's ``100.0``) as that integer, which
+    the field's flag parses; every other value is kept as written.
+    """
     kinds = {}
     for cls in argument_classes:
         hints = typing.get_type_hints(cls)
         kinds.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init})
+    checked = dict(values)
     for key, value in values.items():
         if key in kinds and value is not None and not _accepts(kinds[key], value):
             raise UsageError(
                 f"config file {path}: key {key!r} takes {_describe(kinds[key])}, got {value!r}; fix that line"
             )
-
-
-def _flag_text(value: Any) -> str:
-    """A config value as its flag's text; a whole float (YAML's ``100.0``) as ``100``, which int fields take too."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+        if isinstance(value, float) and not _accepts(kinds.get(key, Any), 0.5):  # a field that takes no fraction
+            checked[key] = int(value)
+    return checked
 
 
 def config_to_flags(values: dict) -> list[str]:
@@ -389,11 +390,11 @@ def config_to_flags(values: dict) -> list[str]:
             continue
         flags.append(f"--{key}")
         if isinstance(value, (list, tuple)):
-            flags.extend(_flag_text(item) for item in value)
+            flags.extend(str(item) for item in value)
         elif isinstance(value, dict):  # fields such as fsdp_config take a mapping as a JSON string
             flags.append(json.dumps(value))
         else:
-            flags.append(_flag_text(value))
+            flags.append(str(value))
     return flags
 
 

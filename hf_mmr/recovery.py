@@ -62,35 +62,43 @@ def _torch_file_problem(path: str) -> str | None:
     return f"is damaged (its member {damaged} fails its checksum)" if damaged else None
 
 
-def _json_problem(path: str, required: tuple[str, ...] = ()) -> str | None:
+def _read_json(path: str) -> tuple[Any, str | None]:
+    """A JSON file's value, or None and what is wrong with it."""
     try:
         with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
+            return json.load(handle), None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        return f"is not valid JSON ({error})"
+        return None, f"is not valid JSON ({error})"
+
+
+def _json_problem(path: str, required: tuple[str, ...] = ()) -> str | None:
+    value, problem = _read_json(path)
     missing = [key for key in required if not isinstance(value, dict) or key not in value]
-    return f"lacks the field {missing[0]!r}" if missing else None
+    return problem or (f"lacks the field {missing[0]!r}" if missing else None)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _trainer_state_problem(path: str) -> str | None:
     """What ``TrainerState.load_from_json`` and the resume arithmetic would trip on; None if it loads."""
-    if problem := _json_problem(path, ("global_step",)):
+    state, problem = _read_json(path)
+    if problem:
         return problem
-    with open(path, encoding="utf-8") as handle:
-        state = json.load(handle)
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "lacks the field 'global_step'"
     kinds = {field.name: field.type for field in dataclasses.fields(TrainerState)}
     unknown = [key for key in state if key not in kinds]
     if unknown:
         return f"has the field {unknown[0]!r}, which TrainerState does not know"
     step = state["global_step"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    if not (isinstance(step, int) and _is_number(step) and step >= 0):
         return f"has global_step = {step!r}, not a whole number >= 0"
+    optional = {name for name, kind in kinds.items() if kind in (int | None, float | None)}
+    counts = optional | {name for name, kind in kinds.items() if kind in (int, float)}
     for key, value in state.items():  # the counts the resume computes with must be numbers
-        if value is None and kinds[key] in (int | None, float | None):
-            continue
-        if kinds[key] in (int, float, int | None, float | None) and (
-            isinstance(value, bool) or not isinstance(value, (int, float))
-        ):
+        if key in counts and not (_is_number(value) or (value is None and key in optional)):
             return f"has {key} = {value!r}, not a number"
     if not isinstance(state.get("log_history", []), list):
         return "has a log_history that is not a list"

@@ -311,9 +311,11 @@ def test_config_values_that_fit_their_fields_are_taken(tmp_path):
     config.write_text(f"task_name: rte\noutput_dir: {tmp_path}\nlearning_rate: 1e-4\nmmr_search_forms: margin\n")
     _, data_args, training_args = parse_args([str(config)])
     assert training_args.learning_rate == 1e-4 and data_args.mmr_search_forms == ["margin"]
-    config.write_text(f"task_name: rte\noutput_dir: {tmp_path}\nmax_train_samples: 100.0\nnum_train_epochs: 2.0\n")
-    _, data_args, training_args = parse_args([str(config)])  # YAML's whole floats fit int fields
+    lines = ["task_name: rte", f"output_dir: {tmp_path}", "max_train_samples: 100.0", "num_train_epochs: 2.0"]
+    config.write_text("\n".join([*lines, "model_revision: 1.0"]) + "\n")
+    model_args, data_args, training_args = parse_args([str(config)])  # YAML's whole floats fit int fields
     assert data_args.max_train_samples == 100 and training_args.num_train_epochs == 2.0
+    assert model_args.model_revision == "1.0"  # a string field keeps the value as written
 
 
 def test_a_config_path_that_is_a_folder_is_named(tmp_path, capsys):
