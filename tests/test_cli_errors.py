@@ -50,10 +50,9 @@ def data_files(tmp_path, train, dev, extension="csv", *more):
 
 def model_without_weights(folder):
     """A model folder with its config and the packaged tokenizer, but no weights file."""
+    folder.mkdir(parents=True)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        if os.path.isfile(os.path.join(default_model_dir(), name)):
-            folder.mkdir(exist_ok=True)
-            shutil.copy(os.path.join(default_model_dir(), name), folder / name)
+        shutil.copy(os.path.join(default_model_dir(), name), folder / name)
     return str(folder)
 
 
