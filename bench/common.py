@@ -174,13 +174,17 @@ def fine_tune(
     logging_steps: int = 10,
     max_seq_length: int = 128,
     probe: Any = None,
+    predict: dict[str, Any] | None = None,
+    keep_dev_logits: bool = False,
     **arguments: Any,
 ) -> dict:
     """Fine-tune the packaged MiniLM once; ``arguments`` are further ``MMRTrainingArguments`` fields.
 
     ``probe``, a set of examples evaluated with the final model (``record["probe"]``), such as the
-    flipped training examples with their noisy labels. With ``record_margins`` the record holds the
-    per-example training table as columns (``record["train_margins"]``).
+    flipped training examples with their noisy labels. ``predict``, named sets whose final-model
+    predictions (class ids) go to ``record["predictions"][name]``; ``keep_dev_logits`` keeps the final
+    model's evaluation logits (``record["dev_logits"]``, 4 decimals), for calibration analyses. With
+    ``record_margins`` the record holds the per-example training table as columns (``record["train_margins"]``).
     """
     from transformers import (
         AutoModelForSequenceClassification,
@@ -274,6 +278,11 @@ def fine_tune(
         "dev_mms": [round(float(x), 5) for x in trainer.eval_margins["mms"]],
         "dev_radius": round(trainer.eval_margins["radius"], 5),
     }
+    for name, dataset in (predict or {}).items():
+        output = trainer.predict(_tokenized(dataset, task_name, tokenizer, max_seq_length), metric_key_prefix=name)
+        record.setdefault("predictions", {})[name] = output.predictions.argmax(axis=1).tolist()
+    if keep_dev_logits:
+        record["dev_logits"] = trainer.predict(evaluation).predictions.round(4).tolist()
     if probe is not None and len(probe):
         metrics = trainer.evaluate(_tokenized(probe, task_name, tokenizer, max_seq_length), metric_key_prefix="probe")
         record["probe"] = {k: round(v, 5) for k, v in metrics.items() if not k.endswith(("runtime", "per_second"))}
@@ -318,6 +327,8 @@ def provenance() -> dict:
     """Where a record came from: the commit (and whether the tree had changes), the model, the library versions."""
     import subprocess
 
+    import accelerate
+    import datasets
     import torch
     import transformers
 
@@ -334,6 +345,8 @@ def provenance() -> dict:
         "model_dir": os.path.basename(default_model_dir()),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
     }
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 
 from common import DEFAULT_GLUE_DIR, DEFAULT_TREC_DIR, METRIC, mean_std, paired_difference, write_summary
 from label_errors import run
@@ -69,6 +70,33 @@ def extend(arm: str, values: list[float], side: str) -> float | None:
     return None if arm == "label_smoothing" and value >= 1 else value
 
 
+def choose_on_grid(arm: str, heldout_run: Callable[[float], dict | None]) -> tuple[float, dict[str, float]] | None:
+    """The best of ``arm``'s grid by held-out accuracy (ties to the smaller value), extending the grid at the edge
+    that wins (``MAX_EXTENSIONS`` times per side), with every value's held-out accuracy; None if a run is missing.
+
+    ``heldout_run(value)`` is the record of the held-out run at ``value`` (None when it is not stored).
+    """
+    values = list(GRIDS[arm][1])
+    scores: dict[float, float] = {}
+    extensions = {"low": 0, "high": 0}
+    while True:
+        for value in values:
+            if value not in scores:
+                record = heldout_run(value)
+                if record is None:
+                    return None
+                scores[value] = record["final"][METRIC]
+        best = min(values, key=lambda v: (-scores[v], v))
+        side = "low" if best == values[0] else "high" if best == values[-1] else None
+        if side is None or extensions[side] >= MAX_EXTENSIONS:
+            return best, {f"{v:g}": round(scores[v], 4) for v in values}
+        beyond = extend(arm, values, side)
+        if beyond is None:
+            return best, {f"{v:g}": round(scores[v], 4) for v in values}
+        extensions[side] += 1
+        values = [beyond, *values] if side == "low" else [*values, beyond]
+
+
 class Study:
     """The runs of one task and condition: held-out choices, then every arm on dev."""
 
@@ -95,25 +123,7 @@ class Study:
     def choose(self, arm: str) -> tuple[float, dict[str, float]] | None:
         """The arm's held-out choice and every grid value's held-out accuracy; None if a run is missing."""
         seed = self.options.seeds[0]
-        values = list(GRIDS[arm][1])
-        scores: dict[float, float] = {}
-        extensions = {"low": 0, "high": 0}
-        while True:
-            for value in values:
-                if value not in scores:
-                    record = self.cell(seed, arm, value, heldout=True)
-                    if record is None:
-                        return None
-                    scores[value] = record["final"][METRIC]
-            best = min(values, key=lambda v: (-scores[v], v))
-            side = "low" if best == values[0] else "high" if best == values[-1] else None
-            if side is None or extensions[side] >= MAX_EXTENSIONS:
-                return best, {f"{v:g}": round(scores[v], 4) for v in values}
-            beyond = extend(arm, values, side)
-            if beyond is None:
-                return best, {f"{v:g}": round(scores[v], 4) for v in values}
-            extensions[side] += 1
-            values = [beyond, *values] if side == "low" else [*values, beyond]
+        return choose_on_grid(arm, lambda value: self.cell(seed, arm, value, heldout=True))
 
     def run(self) -> dict | None:
         baseline_heldout = self.cell(self.options.seeds[0], "baseline", None, heldout=True)
