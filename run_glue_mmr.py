@@ -270,9 +270,9 @@ class ModelArguments:
 
 def group_mmr_flags(parser: HfArgumentParser) -> None:
     """``--help`` lists the MMR, MMS and margin-recording flags under their own heading, before the Trainer's."""
-    group = parser.add_argument_group("hf-mmr: MMR, MMS selection, margin recording, MMR search")
+    group = parser.add_argument_group("hf-mmr: MMR, MMS selection, margin recording, calibration, MMR search")
     for action in parser._actions:
-        if action.dest.startswith(("mmr_", "mms_")) or action.dest == "record_margins":
+        if action.dest.startswith(("mmr_", "mms_", "calibration")) or action.dest == "record_margins":
             for other in parser._action_groups:
                 if other is not group and action in other._group_actions:
                     other._group_actions.remove(action)
@@ -838,9 +838,12 @@ def run(argv: list[str]) -> None:
             )
             sys.exit(128 + stopper.received)
         metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
+        trained_on = trainer.train_dataset  # without the calibration slice, if one was held out
+        metrics["train_samples"] = len(trained_on)
         if trainer.train_margins is not None:  # the table again, with the texts and label names beside the ids
-            texts = {key: train_dataset[key] for key in (sentence1_key, sentence2_key) if key}
+            texts = {key: trained_on[key] for key in (sentence1_key, sentence2_key) if key}
+            if trainer.train_rows is not None:  # the training file's row of each example trained on
+                texts = {"row": trainer.train_rows, **texts}
             trainer.save_train_margins(texts, label_list or None)
         trainer.save_model()  # also saves the tokenizer
         trainer.log_metrics("train", metrics)

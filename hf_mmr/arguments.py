@@ -15,6 +15,7 @@ from .margins import MMR_FORMS
 from .modes import MODES
 
 MMS_SELECTIONS = tuple(MODES)  # "none", "select", "cached"
+CALIBRATIONS = ("none", "temperature")
 
 # TrainingArguments' numbers that run_glue users set, and what each must be (checked before the
 # Trainer turns a bad one into a traceback deep in the DataLoader or the optimizer).
@@ -131,6 +132,23 @@ class MMRTrainingArguments(TrainingArguments):
         },
     )
 
+    calibration: Literal["none", "temperature"] = field(
+        default="none",
+        metadata={
+            "help": "'temperature': after training, fit one temperature T on held-out training examples (minimum "
+            "NLL) and divide the classifier head's weight and bias by it, so the saved model's probabilities are "
+            "calibrated for every consumer; predictions do not change. 'none': leave the model as trained."
+        },
+    )
+    calibration_split: float = field(
+        default=0.1,
+        metadata={
+            "help": "calibration: the fraction of the training set held out from training (stratified by label, "
+            "drawn with --seed) on which T is fitted; in (0, 0.5]. Ignored when MMRTrainer gets a "
+            "calibration_dataset."
+        },
+    )
+
     def __post_init__(self) -> None:
         _check_training_numbers(self)
         if self.mmr_lambda_start is None:
@@ -158,6 +176,9 @@ class MMRTrainingArguments(TrainingArguments):
         _check_number(self, "mms_anneal_epochs", at_least=0)
         _check_number(self, "mms_keep_quantile", above=0, below=1)
         _check_number(self, "mms_keep_fraction", above=0, below=1)
+        if self.calibration not in CALIBRATIONS:
+            raise MMRConfigError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
+        _check_number(self, "calibration_split", above=0, at_most=0.5)
         super().__post_init__()
         if self.dataloader_pin_memory and torch.accelerator.current_accelerator() is None:
             # Pinned memory only speeds copies to an accelerator; without one torch warns at every DataLoader.
@@ -165,12 +186,18 @@ class MMRTrainingArguments(TrainingArguments):
 
     def check_model(self, num_labels: int, problem_type: str | None = None) -> None:
         """Fail clearly if these settings cannot work with a model of ``num_labels`` outputs and ``problem_type``."""
-        if self.uses_margins and (num_labels < 2 or problem_type in ("regression", "multi_label_classification")):
+        if num_labels < 2 or problem_type in ("regression", "multi_label_classification"):
             kind = problem_type or "regression"
-            raise MMRConfigError(
-                f"MMR and MMS sampling need single-label classification, but this model is set up for {kind}; "
-                "use --mmr_lambda 0 and --mms_selection none"
-            )
+            if self.uses_margins:
+                raise MMRConfigError(
+                    f"MMR and MMS sampling need single-label classification, but this model is set up for {kind}; "
+                    "use --mmr_lambda 0 and --mms_selection none"
+                )
+            if self.calibrates:
+                raise MMRConfigError(
+                    f"--calibration temperature needs single-label classification, but this model is set up for "
+                    f"{kind}; use --calibration none"
+                )
         if self.mmr_enabled and self.mmr_top_k > num_labels - 1:
             raise MMRConfigError(f"--mmr_top_k must be <= num_labels - 1 = {num_labels - 1}, got {self.mmr_top_k}")
 
@@ -183,6 +210,16 @@ class MMRTrainingArguments(TrainingArguments):
     def uses_margins(self) -> bool:
         """Whether training needs the head's features: MMR is on or the selection mode scores examples."""
         return self.mmr_enabled or MODES[self.mms_selection].uses_margins
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether a temperature is fitted and folded into the head after training."""
+        return self.calibration != "none"
+
+    @property
+    def needs_head(self) -> bool:
+        """Whether the classifier head must be found: training uses its features, or calibration folds into it."""
+        return self.uses_margins or self.calibrates
 
     @property
     def mmr_enabled(self) -> bool:

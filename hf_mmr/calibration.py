@@ -25,6 +25,8 @@ from torch import nn
 
 from .errors import MMRConfigError
 
+# Fewer held-out examples than this fit T too loosely to be worth folding into a model.
+MIN_CALIBRATION_EXAMPLES = 50
 # T is searched in [0.01, 100]: beyond it the held-out set is separated (or uninformative) and the bound binds.
 TEMPERATURE_RANGE = (1e-2, 1e2)
 # Halvings of the log-beta interval: 2 * log(1e4) / 2**80 is far below float64's resolution of T.
@@ -83,3 +85,34 @@ def fold_temperature(head: nn.Linear, temperature: float) -> None:
         head.weight.div_(temperature)
         if head.bias is not None:
             head.bias.div_(temperature)
+
+
+def stratified_split(labels: object, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held out): ``round(fraction * n_c)`` of each class's positions held out, drawn with ``seed``.
+
+    Both lists are in the original order, so the kept examples stay in file order.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held: list[int] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        held.extend(rng.permutation(members)[: int(np.floor(fraction * len(members) + 0.5))].tolist())
+    held_set = set(held)
+    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+
+
+def check_calibration_labels(labels: object, num_labels: int, source: str) -> None:
+    """One line naming ``source`` unless it has ``MIN_CALIBRATION_EXAMPLES`` examples and every class."""
+    labels = np.asarray(labels)
+    if len(labels) < MIN_CALIBRATION_EXAMPLES:
+        raise MMRConfigError(
+            f"{source} has {len(labels)} examples; fitting a temperature needs at least {MIN_CALIBRATION_EXAMPLES}: "
+            "raise --calibration_split or pass a larger calibration_dataset"
+        )
+    missing = sorted(set(range(num_labels)) - set(labels.astype(np.int64).tolist()))
+    if missing:
+        raise MMRConfigError(
+            f"{source} has no example of class {missing[0]}; fitting a temperature needs every class: "
+            "raise --calibration_split or pass a calibration_dataset with every class"
+        )

@@ -24,6 +24,8 @@ MMR_SETTINGS = (
     "mms_keep_fraction",
     "mms_anneal_epochs",
     "record_margins",
+    "calibration",
+    "calibration_split",
 )
 
 # How the model card states each form of the penalty.
@@ -36,10 +38,18 @@ CARD_FORMULAS = {
 EMPTY_RESULTS = re.compile(r"\n### Training results\n\s*\n(?=\n?### )")
 
 
-def mmr_card_text(text: str, args: Any, head_path: str | None, search_report: dict | None, version: str) -> str:
+def mmr_card_text(
+    text: str,
+    args: Any,
+    head_path: str | None,
+    search_report: dict | None,
+    version: str,
+    calibration: dict | None = None,
+) -> str:
     """The Trainer's card ``text`` with its empty "Training results" section explained and the MMR sections added.
 
-    ``head_path`` is the classifier head that was found (the card shows it instead of ``mmr_head=None``).
+    ``head_path`` is the classifier head that was found (the card shows it instead of ``mmr_head=None``);
+    ``calibration`` is ``MMRTrainer.calibration_report`` of a calibrated model.
     """
     text = EMPTY_RESULTS.sub(
         "\n### Training results\n\nNo evaluation ran during training (the evaluation set's results are above).\n\n",
@@ -55,4 +65,14 @@ def mmr_card_text(text: str, args: Any, head_path: str | None, search_report: di
     )
     if search_report is not None:
         text += card_section(search_report)
+    if calibration is not None:
+        text += (
+            f"\n## Calibration\n\nThe classifier head's weight and bias were divided by the temperature "
+            f"T = {calibration['calibration_temperature']:.4f}, fitted after training on "
+            f"{calibration['calibration_examples']} held-out training examples (minimum NLL; Guo et al. 2017), so "
+            "this checkpoint's probabilities are calibrated as it loads; its predictions are those of the model "
+            f"before. On those examples: ECE {calibration['calibration_ece_before']:.4f} → "
+            f"{calibration['calibration_ece_after']:.4f}, NLL {calibration['calibration_nll_before']:.4f} → "
+            f"{calibration['calibration_nll_after']:.4f}.\n"
+        )
     return text

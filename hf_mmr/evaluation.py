@@ -15,10 +15,15 @@ from .metrics import expected_calibration_error, negative_log_likelihood
 
 class EvalMargins:
     """Collects each evaluated example's MMS and feature norm, and for single-label classification its class
-    probabilities; ``summary`` turns them into the evaluation's metrics."""
+    probabilities; ``summary`` turns them into the evaluation's metrics.
 
-    def __init__(self) -> None:
+    ``temperature``: the one a calibrated head was divided by; the probabilities of the head before it
+    (logits x T, from the same pass) then give ``ece_uncalibrated`` too.
+    """
+
+    def __init__(self, temperature: float | None = None) -> None:
         self.parts: list[dict[str, torch.Tensor]] = []
+        self.temperature = temperature
 
     def add(self, call: HeadCall, labels: Any, gather: Callable[[Any], Any]) -> None:
         """One evaluation batch; ``gather`` is ``accelerator.gather_for_metrics`` (drops the padding of the last)."""
@@ -31,10 +36,13 @@ class EvalMargins:
             single_label = isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.is_floating_point()
             if single_label and logits.shape[1] > 1:
                 parts.update(probs=logits.softmax(dim=1), labels=labels.to(logits.device))
+                if self.temperature is not None:
+                    parts["probs_uncalibrated"] = (logits * self.temperature).softmax(dim=1)
             self.parts.append({name: value.cpu() for name, value in gather(parts).items()})
 
     def summary(self) -> tuple[dict[str, float], dict[str, Any]] | None:
-        """(metrics without prefix: ``mms_median``, ``relative_margin_median``, ``ece``, ``nll``; the per-example
+        """(metrics without prefix: ``mms_median``, ``relative_margin_median``, ``ece``, ``nll`` and, for a
+        calibrated head, ``ece_uncalibrated``; the per-example
         MMS with the set's radius R), or None when nothing was collected."""
         if not self.parts:
             return None
@@ -44,4 +52,6 @@ class EvalMargins:
         if "probs" in columns:
             probs, labels = columns["probs"].double().numpy(), columns["labels"].numpy()
             metrics.update(ece=expected_calibration_error(probs, labels), nll=negative_log_likelihood(probs, labels))
+            if "probs_uncalibrated" in columns:
+                metrics["ece_uncalibrated"] = expected_calibration_error(columns["probs_uncalibrated"].double().numpy(), labels)
         return metrics, {"mms": scores.numpy(), "radius": float(norms.max())}

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import Trainer
@@ -15,6 +16,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import is_datasets_available
 
 from .arguments import MMRTrainingArguments
+from .calibration import check_calibration_labels, fit_temperature, fold_temperature, stratified_split, temperature_nll
 from .card import mmr_card_text
 from .collectives import gather_examples, global_max, sum_over_processes
 from .diagnostics import DiagnosticWindow
@@ -22,6 +24,7 @@ from .errors import CheckpointError, HeadNotFoundError, MMRConfigError, NonFinit
 from .evaluation import EvalMargins
 from .head import FeatureCapture, HeadCall, find_classifier_head, logits_of
 from .margins import minimal_margin_scores, mmr_penalty, squared_radius
+from .metrics import expected_calibration_error
 from .modes import MicroBatch, SelectionMode, selection_mode
 from .recording import MarginRecorder, write_table
 from .recovery import check_resumable, last_complete_checkpoint, mark_complete
@@ -53,12 +56,18 @@ class MMRTrainer(Trainer):
     normal forward pass: ``eval_mms_median`` and ``eval_relative_margin_median`` (median MMS / R,
     R the largest feature norm of the set), and for single-label classification ``eval_ece`` and
     ``eval_nll``. ``eval_margins`` keeps the last evaluation's per-example MMS and its R.
+
+    With ``calibration="temperature"`` a stratified ``calibration_split`` of the training set is held
+    out (``train_rows``: the positions kept for training) unless a ``calibration_dataset`` is given;
+    after training ``calibrate`` fits a temperature T on it and divides the head by T, so the saved
+    model is calibrated (``temperature``, ``calibration_report``). Later evaluations report
+    ``eval_ece`` of the calibrated model and ``eval_ece_uncalibrated`` of the head before it.
     """
 
     args: MMRTrainingArguments
     _initialized = False  # Trainer.__init__ calls model_init before MMRTrainer.__init__ has attached the head
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, calibration_dataset: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, MMRTrainingArguments):
             raise TypeError("MMRTrainer needs MMRTrainingArguments (a drop-in replacement for TrainingArguments)")
@@ -73,6 +82,12 @@ class MMRTrainer(Trainer):
         self.eval_margins: dict[str, Any] | None = None
         self.search_report: dict | None = None  # a search's trials and choice, shown in the model card
         self._attach_head()
+        self.calibration_dataset = calibration_dataset
+        self.train_rows: list[int] | None = None  # the given training set's positions trained on, when a slice is held out
+        self.temperature: float | None = None  # what the head was divided by, once calibrated
+        self.calibration_report: dict[str, float] | None = None
+        if self.args.calibrates:
+            self._prepare_calibration_set()
         self._initialized = True
         if self.args.mmr_enabled and _overrides_compute_loss_before(type(self)):
             logger.warning(
@@ -94,7 +109,7 @@ class MMRTrainer(Trainer):
         try:
             path, head = find_classifier_head(model, self.args.mmr_head)
         except HeadNotFoundError as error:
-            if self.args.uses_margins:
+            if self.args.needs_head:
                 raise
             logger.warning("MMR diagnostics are off: %s", error)
             return
@@ -191,6 +206,62 @@ class MMRTrainer(Trainer):
             return None  # adding nothing keeps the loss bit-for-bit that of Trainer
         return lam * penalty
 
+    # ------------------------------------------------------------------ calibration
+    def _prepare_calibration_set(self) -> None:
+        """Check the given ``calibration_dataset``, or hold out a stratified slice of the training set as one."""
+        num_labels = self.feature_capture.head.out_features
+        if self.calibration_dataset is not None:
+            if self.calibration_dataset is self.eval_dataset:
+                raise MMRConfigError(
+                    "calibration_dataset is the eval_dataset: the reported metrics must come from data the "
+                    "temperature was not fitted on; pass a held-out slice of the training data"
+                )
+            check_calibration_labels(_labels_of(self.calibration_dataset), num_labels, "calibration_dataset")
+            return
+        if self.train_dataset is None:
+            return  # nothing to hold out from; calibrate(dataset) still works
+        labels = _labels_of(self.train_dataset)
+        kept, held = stratified_split(labels, self.args.calibration_split, self.args.seed)
+        source = f"the calibration slice (--calibration_split {self.args.calibration_split:g} of {len(labels)} examples)"
+        check_calibration_labels([labels[i] for i in held], num_labels, source)
+        self.calibration_dataset = _subset(self.train_dataset, held)
+        self.train_dataset = _subset(self.train_dataset, kept)
+        self.train_rows = kept
+
+    def calibrate(self, dataset: Any = None) -> dict[str, float]:
+        """Fit a temperature T on ``dataset`` (default: ``calibration_dataset``) and divide the head by it.
+
+        Returns (and logs) ``calibration_temperature`` (all that the head has been divided by),
+        ``calibration_examples`` and the NLL and ECE of ``dataset`` before and after.
+        """
+        dataset = self.calibration_dataset if dataset is None else dataset
+        if dataset is None:
+            raise MMRConfigError("calibrate needs a dataset: pass one, or train with --calibration temperature")
+        if self.feature_capture is None:
+            raise HeadNotFoundError("calibration divides the final nn.Linear by T, which was not found; set mmr_head")
+        kept_margins = self.eval_margins  # predicting below would replace the last evaluation's margins
+        try:
+            output = self.predict(dataset, metric_key_prefix="calibration")
+        finally:
+            self.eval_margins = kept_margins
+        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(output.label_ids)
+        check_calibration_labels(labels, logits.shape[1], "the calibration set")
+        temperature = fit_temperature(logits, labels)
+        fold_temperature(self.feature_capture.head, temperature)
+        self.temperature = (self.temperature or 1.0) * temperature
+        report = {
+            "calibration_temperature": self.temperature,
+            "calibration_examples": len(labels),
+            "calibration_nll_before": temperature_nll(logits, labels, 1.0),
+            "calibration_nll_after": temperature_nll(logits, labels, temperature),
+            "calibration_ece_before": expected_calibration_error(_softmax(logits), labels),
+            "calibration_ece_after": expected_calibration_error(_softmax(logits / temperature), labels),
+        }
+        self.calibration_report = report
+        self.log(dict(report))
+        return report
+
     # ------------------------------------------------------------------ evaluation margins
     def prediction_step(
         self,
@@ -210,7 +281,7 @@ class MMRTrainer(Trainer):
     def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
         """The Trainer's loop; its metrics gain ``<prefix>_mms_median``, ``<prefix>_relative_margin_median`` and,
         for single-label classification, ``<prefix>_ece`` and ``<prefix>_nll``."""
-        self._eval_margins = EvalMargins() if self.feature_capture is not None else None
+        self._eval_margins = EvalMargins(self.temperature) if self.feature_capture is not None else None
         try:
             output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
         finally:
@@ -316,7 +387,7 @@ class MMRTrainer(Trainer):
         path = os.path.join(self.args.output_dir, "README.md")
         card = ModelCard.load(path)
         head = self.feature_capture.head_path if self.feature_capture is not None else None
-        card.text = mmr_card_text(card.text, self.args, head, self.search_report, __version__)
+        card.text = mmr_card_text(card.text, self.args, head, self.search_report, __version__, self.calibration_report)
         card.save(path)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -331,6 +402,7 @@ class MMRTrainer(Trainer):
             check_resumable(resume_from_checkpoint, required)
         if not resume_from_checkpoint:
             self.selection.reset()  # a fresh run starts from unscored examples
+        self.temperature, self.calibration_report = None, None  # the head is trained further: a new T follows
         self._recorder = None
         if self.args.record_margins:
             if not hasattr(self.train_dataset, "__len__"):
@@ -340,6 +412,8 @@ class MMRTrainer(Trainer):
         if self._recorder is not None:
             self.train_margins = self._recorder.table()
             self.save_train_margins()
+        if self.args.calibrates:  # after load_best_model_at_end, before the caller saves, evaluates or pushes
+            output.metrics.update(self.calibrate())
         return output
 
     def save_train_margins(self, extra_columns: Mapping[str, Any] | None = None, label_names: Any = None) -> str | None:
@@ -385,6 +459,29 @@ def _overrides_compute_loss_before(cls: type) -> bool:
         if base is not cls and "compute_loss" in vars(base):
             return True
     return False
+
+
+def _labels_of(dataset: Any) -> list[int]:
+    """The class label of every example of a dataset (its ``labels`` or ``label`` column)."""
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        column = "labels" if "labels" in names else "label"
+        if column not in names:
+            raise MMRConfigError("calibration needs a 'label' or 'labels' column in its dataset")
+        return [int(value) for value in dataset[column]]
+    return [int(example["labels"] if "labels" in example else example["label"]) for example in dataset]
+
+
+def _subset(dataset: Any, positions: list[int]) -> Any:
+    """The examples of ``dataset`` at ``positions``, as a dataset of the same kind where it can select."""
+    if hasattr(dataset, "select"):
+        return dataset.select(positions)
+    return torch.utils.data.Subset(dataset, positions)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _datasets() -> Any:
