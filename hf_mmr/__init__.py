@@ -1,8 +1,18 @@
 """Multi-margin regularization and minimal margin scores for Hugging Face classifiers."""
 
 from .arguments import MMRTrainingArguments
-from .errors import CheckpointError, GlueDataError, HeadNotFoundError, MMRConfigError, MMRError, NonFiniteLossError
+from .errors import (
+    CheckpointError,
+    GlueDataError,
+    HeadNotFoundError,
+    MissingPackageError,
+    MMRConfigError,
+    MMRError,
+    NonFiniteLossError,
+    RunFolderError,
+)
 from .head import FeatureCapture, find_classifier_head
+from .label_issues import find_label_issues
 from .margins import label_margins, minimal_margin_scores, mmr_penalty, squared_radius
 from .metrics import expected_calibration_error
 from .model import default_model_dir
@@ -23,11 +33,14 @@ __all__ = [
     "MMRTrainer",
     "MMRTrainingArguments",
     "MarginRecorder",
+    "MissingPackageError",
     "NonFiniteLossError",
+    "RunFolderError",
     "SaveOnSignal",
     "default_model_dir",
     "expected_calibration_error",
     "find_classifier_head",
+    "find_label_issues",
     "label_margins",
     "last_complete_checkpoint",
     "make_mmr_hp_space",

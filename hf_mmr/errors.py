@@ -29,3 +29,7 @@ class NonFiniteLossError(MMRError, RuntimeError):
 
 class RunFolderError(MMRError, ValueError):
     """A run's output folder that the report cannot read (a file missing or damaged); the message names the file."""
+
+
+class MissingPackageError(MMRError, ImportError):
+    """An optional package that a feature needs is not installed; the message names the extra to install."""

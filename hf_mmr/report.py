@@ -13,7 +13,9 @@ directory (or ``--out``):
   its variability), coloured by AUM.
 
 ``--suspects K`` prints the K training examples of the first run with the lowest AUM: the likeliest
-label errors, with their text, given label, last predicted label and AUM.
+label errors, with their text, given label, last predicted label and AUM. ``--cleanlab`` runs
+cleanlab on the first run's recorded probabilities and writes its ``label_issues.csv``
+(``hf_mmr.label_issues``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 
 import numpy as np
 
-from .errors import RunFolderError
+from .errors import MMRError, RunFolderError
 
 
 def training_series(state: dict) -> dict[str, tuple[list[int], list[float]]]:
@@ -132,9 +134,9 @@ def load_margins(output_dir: str):
 
 def suspects(table, k: int) -> str:
     """The ``k`` trained examples with the lowest AUM, one line each: index, labels, AUM and the text."""
-    from .recording import TABLE_COLUMNS
+    from .recording import text_columns
 
-    texts = [c for c in table.columns if c not in TABLE_COLUMNS and not c.endswith("_name")]
+    texts = text_columns(table)
     given = "label_name" if "label_name" in table.columns else "label"
     predicted = "last_prediction_name" if "last_prediction_name" in table.columns else "last_prediction"
     lowest = table[table["seen"] > 0].sort_values("aum", kind="stable").head(k)
@@ -172,6 +174,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--out", help="where to write the PNGs (default: the first run directory)")
     parser.add_argument("--labels", nargs="+", help="a label per run (default: the directory names)")
     parser.add_argument("--suspects", type=int, metavar="K", help="print the first run's K lowest-AUM examples")
+    parser.add_argument(
+        "--cleanlab", action="store_true", help="write the first run's label_issues.csv with cleanlab (hf-mmr[cleanlab])"
+    )
     options = parser.parse_args(argv)
     labels = options.labels or [os.path.basename(os.path.normpath(d)) for d in options.output_dirs]
     if len(labels) != len(options.output_dirs):
@@ -187,6 +192,17 @@ def main(argv: list[str] | None = None) -> list[str]:
         if margins is None:
             parser.error(f"{options.output_dirs[0]} has no train_margins.csv; train with --record_margins true")
         print(suspects(margins, options.suspects))
+    if options.cleanlab:
+        from .label_issues import ISSUES_FILE, find_label_issues
+
+        try:
+            issues = find_label_issues(options.output_dirs[0])
+        except MMRError as error:
+            parser.error(str(error))
+        print(
+            f"{int(issues['is_label_issue'].sum())} label issues among {int(issues['is_label_issue'].notna().sum())} "
+            f"trained examples (cleanlab): {os.path.join(options.output_dirs[0], ISSUES_FILE)}"
+        )
     try:
         import matplotlib
     except ImportError:

@@ -78,7 +78,9 @@ class MMRTrainer(Trainer):
         self.loss_scale = LossScale(self)
         self._eval_margins: EvalMargins | None = None  # during an evaluation loop
         self._recorder: MarginRecorder | None = None
+        self._epoch = 0
         self.train_margins = None  # record_margins: the per-example table of the last training run
+        self.train_probs: np.ndarray | None = None  # record_margins: every example's mean probability vector
         self.eval_margins: dict[str, Any] | None = None
         self.search_report: dict | None = None  # a search's trials and choice, shown in the model card
         self._attach_head()
@@ -170,7 +172,8 @@ class MMRTrainer(Trainer):
             mms = minimal_margin_scores(logits.detach(), call.weight.detach())
         if self._recorder is not None and indices is not None:
             values = self._recorder.values(logits, call.weight, labels)  # every process adds the global batch
-            self._recorder.add(*gather_examples(self.accelerator, indices.to(values.device), values))
+            gathered = gather_examples(self.accelerator, indices.to(values.device), values)
+            self._recorder.add(*gathered, epoch=self._epoch)
         self.add_diagnostic("mms/mean", mms.mean())
         for name, value in zip(("mms/p10", "mms/p50", "mms/p90"), torch.quantile(mms, MMS_QUANTILES)):
             self.add_diagnostic(name, value)
@@ -346,6 +349,7 @@ class MMRTrainer(Trainer):
         return self.selection.resume_position(*super()._init_training_state(*args, **kwargs))
 
     def _run_epoch(self, *args: Any, epoch: int, **kwargs: Any) -> Any:
+        self._epoch = epoch  # the recorder's per-epoch sums
         return super()._run_epoch(*args, epoch=epoch, **{**kwargs, **self.selection.epoch_arguments(epoch)})
 
     def training_step(
@@ -411,20 +415,22 @@ class MMRTrainer(Trainer):
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self._recorder is not None:
             self.train_margins = self._recorder.table()
+            self.train_probs = self._recorder.probabilities()
             self.save_train_margins()
         if self.args.calibrates:  # after load_best_model_at_end, before the caller saves, evaluates or pushes
             output.metrics.update(self.calibrate())
         return output
 
     def save_train_margins(self, extra_columns: Mapping[str, Any] | None = None, label_names: Any = None) -> str | None:
-        """Write ``train_margins`` to ``output_dir/train_margins.csv`` (on the main process); returns the path.
+        """Write ``train_margins`` to ``output_dir/train_margins.csv`` and ``train_probs`` to
+        ``output_dir/train_probs.npy`` (on the main process); returns the table's path.
 
         ``extra_columns`` (name -> one value per training example, such as the texts) are added after
         ``index``; with ``label_names`` the label and prediction columns gain their names.
         """
         if self.train_margins is None or not self.is_world_process_zero():
             return None
-        return write_table(self.train_margins, self.args.output_dir, extra_columns, label_names)
+        return write_table(self.train_margins, self.args.output_dir, extra_columns, label_names, self.train_probs)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """The Trainer's checkpoint, plus the MMS cache, then a marker saying that saving finished."""

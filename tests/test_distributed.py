@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import subprocess_env
@@ -189,8 +190,10 @@ def test_two_processes_record_the_one_process_margins_table(rte_histories, form)
     one, two = (pd.read_csv(rte_histories["out"] / f"margins{world}_{form}.csv") for world in (1, 2))
     assert one["seen"].tolist() == two["seen"].tolist() == [1] * 24  # 3 steps of 8, sequential
     assert one["label"].tolist() == two["label"].tolist()
-    for column in ("aum", "logit_aum", "mean_loss", "confidence"):
+    for column in ("aum", "logit_aum", "mean_loss", "confidence", "aum_epoch_1"):
         pd.testing.assert_series_equal(one[column], two[column], rtol=1e-4, atol=1e-6)
+    probs = [np.load(rte_histories["out"] / f"probs{world}_{form}.npy") for world in (1, 2)]
+    np.testing.assert_allclose(probs[0], probs[1], rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

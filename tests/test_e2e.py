@@ -272,8 +272,9 @@ def test_train_margins_table_and_the_suspects_report(mrpc_run, tmp_path):
 
     table = pd.read_csv(mrpc_run / "train_margins.csv")
     assert len(table) == 400 and table["index"].tolist() == list(range(400))
-    assert set(TABLE_COLUMNS) | {"sentence1", "sentence2", "label_name", "last_prediction_name"} == set(table.columns)
-    assert table["seen"].sum() == 30 * 16  # 30 steps of 16, each example counted each time it was trained on
+    texts_and_names = {"sentence1", "sentence2", "label_name", "last_prediction_name", "aum_epoch_1", "aum_epoch_2"}
+    assert set(TABLE_COLUMNS) | texts_and_names == set(table.columns)
+    assert table["seen"].sum() == 30 * 16  # 30 steps of 16 (1.2 epochs), each example counted each time it was trained on
     seen = table[table["seen"] > 0]
     assert set(seen["label_name"]) <= {"equivalent", "not_equivalent"} and seen["aum"].notna().all()
     assert (seen["suspect"] == (seen["aum"] < 0)).all()
@@ -293,6 +294,18 @@ def test_train_margins_table_and_the_suspects_report(mrpc_run, tmp_path):
     assert lowest.iloc[0]["sentence1"][:40] in lines[1]
     png = tmp_path / "mmr_train_margins.png"
     assert png.is_file() and png.stat().st_size > 10_000
+
+
+@pytest.mark.e2e
+def test_cleanlab_label_issues_of_the_real_run_carry_the_texts_and_names(mrpc_run):
+    from hf_mmr import find_label_issues
+
+    issues = find_label_issues(str(mrpc_run))
+    assert issues.columns[:3].tolist() == ["index", "sentence1", "sentence2"]
+    trained = issues[issues["is_label_issue"].notna()]
+    assert len(trained) == (issues["aum"].notna()).sum() > 0
+    assert set(trained["suggested_label_name"]) <= {"equivalent", "not_equivalent"}
+    assert (trained["label_quality_score"].between(0, 1)).all()
 
 
 def report_error(argv: list[str], capsys) -> str:

@@ -42,14 +42,15 @@ class Replaying(MMRTrainer):
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         if model.training:
             weight = model.classifier.weight.detach().clone()
-            self.seen_batches.append((indices.clone(), outputs.logits.detach().clone(), weight, inputs["labels"]))
+            batch = (indices.clone(), outputs.logits.detach().clone(), weight, inputs["labels"], self._epoch)
+            self.seen_batches.append(batch)
         return (loss, outputs) if return_outputs else loss
 
 
 def by_hand(batches, n):
     """The table's scores, from a plain loop over examples and batches."""
     rows = {i: [] for i in range(n)}
-    for indices, logits, weight, labels in batches:
+    for indices, logits, weight, labels, epoch in batches:
         for row, index in enumerate(indices.tolist()):
             z, y = logits[row].double(), int(labels[row])
             others = [j for j in range(len(z)) if j != y]
@@ -64,6 +65,8 @@ def by_hand(batches, n):
                     float(p[y]),
                     y,
                     int(z.argmax()),
+                    p.numpy(),
+                    epoch,
                 )
             )
     return rows
@@ -84,15 +87,23 @@ def test_table_is_the_mean_over_every_time_an_example_was_trained_on(tmp_path, m
     trainer = make_trainer(tmp_path, None, synthetic_dataset(n=20, length=8), Replaying, **settings)
     trainer.train()
     table = trainer.train_margins
-    assert list(table.columns) == list(TABLE_COLUMNS) and table["index"].tolist() == list(range(20))
+    epochs = [f"aum_epoch_{e}" for e in (1, 2, 3)]
+    assert list(table.columns) == [*TABLE_COLUMNS, *epochs] and table["index"].tolist() == list(range(20))
     rows = by_hand(trainer.seen_batches, 20)
     for index, visits in rows.items():
         row = table.iloc[index]
         assert row["seen"] == len(visits)
         if not visits:  # select mode trains on part of each pool
-            assert math.isnan(row["aum"]) and pd.isna(row["suspect"])
+            assert math.isnan(row["aum"]) and pd.isna(row["suspect"]) and np.isnan(trainer.train_probs[index]).all()
             continue
-        margins, logit_margins, losses, ps, labels, predictions = zip(*visits)
+        margins, logit_margins, losses, ps, labels, predictions, vectors, visit_epochs = zip(*visits)
+        np.testing.assert_allclose(trainer.train_probs[index], np.mean(vectors, axis=0), rtol=1e-5, atol=1e-7)
+        for e, column in enumerate(epochs):
+            in_epoch = [m for m, at in zip(margins, visit_epochs) if at == e]
+            if in_epoch:
+                assert row[column] == pytest.approx(np.mean(in_epoch), rel=1e-4, abs=1e-6)
+            else:
+                assert math.isnan(row[column])
         assert row["aum"] == pytest.approx(np.mean(margins), rel=1e-4, abs=1e-6)
         assert row["logit_aum"] == pytest.approx(np.mean(logit_margins), rel=1e-4, abs=1e-6)
         assert row["mean_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
@@ -133,8 +144,11 @@ def test_a_resumed_run_gives_the_uninterrupted_table(tmp_path, mode):
     full = make_trainer(tmp_path / "full", tiny_model("bert", num_labels=3, seed=1), dataset, **settings)
     full.train()
     resumed = make_trainer(tmp_path / "full", tiny_model("bert", num_labels=3, seed=9), dataset, **settings)
+    full_probs = np.load(os.path.join(tmp_path, "full", "train_probs.npy"))
     resumed.train(resume_from_checkpoint=os.path.join(tmp_path, "full", "checkpoint-7"))
     pd.testing.assert_frame_equal(full.train_margins, resumed.train_margins)
+    assert "aum_epoch_3" in resumed.train_margins.columns
+    np.testing.assert_array_equal(full_probs, np.load(os.path.join(tmp_path, "full", "train_probs.npy")))
     assert os.path.isfile(os.path.join(tmp_path, "full", "checkpoint-7", "margins_state.pt"))
 
 
@@ -143,7 +157,11 @@ def test_the_table_is_written_as_csv_with_empty_scores_for_unseen_examples(tmp_p
     trainer.train()
     path = os.path.join(tmp_path, "train_margins.csv")
     written = pd.read_csv(path)
-    assert list(written.columns) == list(TABLE_COLUMNS) and len(written) == 32
+    assert list(written.columns) == [*TABLE_COLUMNS, "aum_epoch_1"] and len(written) == 32
+    probs = np.load(os.path.join(tmp_path, "train_probs.npy"))
+    assert probs.shape == (32, 3) and probs.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(probs).all(axis=1), (written["seen"] == 0).to_numpy())
+    np.testing.assert_allclose(probs[written["seen"] > 0].sum(axis=1), 1.0, rtol=1e-6)
     assert (written["seen"] > 0).sum() == 8  # 2 steps of 4
     unseen = written[written["seen"] == 0]
     assert unseen["aum"].isna().all() and unseen["suspect"].isna().all()
@@ -152,3 +170,20 @@ def test_the_table_is_written_as_csv_with_empty_scores_for_unseen_examples(tmp_p
     assert named.columns[:2].tolist() == ["index", "text"] and named["text"][5] == "example 5"
     seen = named[named["seen"] > 0]
     assert (seen["label_name"] == seen["label"].map({0: "a", 1: "b", 2: "c"})).all()
+
+
+def test_logit_aum_equals_the_aum_packages_on_the_same_logits(tmp_path):
+    """Pleiss et al.'s own AUMCalculator, fed every trained micro-batch's logits, labels and ids."""
+    from aum import AUMCalculator
+
+    settings = {"per_device_train_batch_size": 4, "num_train_epochs": 2, "record_margins": True, "seed": 2}
+    trainer = make_trainer(tmp_path, None, synthetic_dataset(n=20, length=8), Replaying, **settings)
+    trainer.train()
+    calculator = AUMCalculator(str(tmp_path / "aum"))
+    for indices, logits, _, labels, _ in trainer.seen_batches:
+        calculator.update(logits.double(), labels, indices.tolist())
+    calculator.finalize()
+    theirs = pd.read_csv(tmp_path / "aum" / "aum_values.csv").set_index("sample_id")["aum"].sort_index()
+    ours = trainer.train_margins.set_index("index")["logit_aum"]
+    assert theirs.index.tolist() == list(range(20))
+    np.testing.assert_allclose(ours.to_numpy(), theirs.to_numpy(), rtol=0, atol=1e-6)

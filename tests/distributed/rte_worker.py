@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+import numpy as np
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -68,6 +69,7 @@ def train(data, tokenizer, out: str, form: str) -> None:
         with open(os.path.join(out, f"history{world}_{form}.json"), "w") as handle:
             json.dump(steps, handle)
         trainer.train_margins.to_csv(os.path.join(out, f"margins{world}_{form}.csv"), index=False)
+        np.save(os.path.join(out, f"probs{world}_{form}.npy"), trainer.train_probs)
 
 
 if __name__ == "__main__":
