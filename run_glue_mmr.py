@@ -44,6 +44,7 @@ from transformers import (
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.errors import CheckpointError, MMRError, NonFiniteLossError
 from hf_mmr.glue import TASKS, get_task, load_glue_tsv, split_path
+from hf_mmr.labels import read_labels
 from hf_mmr.margins import MMR_FORMS
 from hf_mmr.metrics import glue_compute_metrics, main_metric
 from hf_mmr.model import DEFAULT_MODEL_HUB_NAME, default_model_dir
@@ -120,6 +121,13 @@ class DataTrainingArguments:
         metadata={
             "help": "Write into a non-empty output_dir and train from scratch instead of resuming from its last "
             "checkpoint. Nothing is deleted."
+        },
+    )
+    do_regression: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether the labels of --train_file are real numbers to regress (true) or classes (false). "
+            "Default: regression when some label is a number that is not whole, classes otherwise."
         },
     )
     drop_rows_with_missing_text: bool = field(
@@ -573,20 +581,6 @@ def first_row(column: list, bad: Callable[[Any], bool]) -> int | None:
     return next((row for row, value in enumerate(column, start=1) if bad(value)), None)
 
 
-def check_labels_known(raw: datasets.DatasetDict, label_list: list, sources: dict[str, str]) -> None:
-    """Every labelled split's labels must be among the training labels (test files may have none)."""
-    known = set(label_list)
-    for split, dataset in raw.items():
-        if split == "train" or "label" not in dataset.column_names:
-            continue
-        row = first_row(dataset["label"], lambda value: value not in known and value != -1)
-        if row is not None:
-            raise UsageError(
-                f"{sources[split]}: row {row} has label {dataset['label'][row - 1]!r}, not in the training labels "
-                f"({', '.join(map(repr, label_list))})"
-            )
-
-
 def check_checkpoint_labels(checkpoint: str | None, num_labels: int) -> None:
     """A checkpoint of another task (another label count) cannot be resumed: say so before loading it."""
     config_path = os.path.join(checkpoint or "", "config.json")
@@ -620,27 +614,6 @@ def drop_or_refuse_missing_text(
             raw[split] = raw[split].filter(lambda example: all(example[c] is not None for c in columns))
             logger.warning(f"Dropped {before - len(raw[split])} rows with missing text from {sources[split]}")
             break
-    return raw
-
-
-def encode_labels(raw: datasets.DatasetDict, label_list: list) -> datasets.DatasetDict:
-    """Replace a custom task's labels (strings, or any integers) by their ids, in an integer column.
-
-    A new column, not a map over the old one: datasets keeps a mapped column's original type,
-    so string labels mapped to ids in place would stay strings.
-    """
-    ids = {label: i for i, label in enumerate(label_list)}
-    for split, dataset in raw.items():
-        if "label" in dataset.column_names:
-            encoded = dataset.map(
-                lambda batch: {"label_id": [ids.get(label, -1) for label in batch["label"]]},
-                batched=True,
-                remove_columns=["label"],
-                features=datasets.Features(
-                    {**{k: v for k, v in dataset.features.items() if k != "label"}, "label_id": datasets.Value("int64")}
-                ),
-            )
-            raw[split] = encoded.rename_column("label_id", "label")
     return raw
 
 
@@ -709,20 +682,21 @@ def run(argv: list[str]) -> None:
 
     # Labels
     task = get_task(data_args.task_name) if data_args.task_name is not None else None
-    if task is not None:
-        is_regression = task.is_regression
-        label_list = list(task.label_names)
-    else:
-        is_regression = raw_datasets["train"].features["label"].dtype in ("float32", "float64")
-        label_list = [] if is_regression else sorted(raw_datasets["train"].unique("label"))
-    num_labels = 1 if is_regression else len(label_list)
     sources = split_sources(data_args, raw_datasets)
+    if task is not None:
+        is_regression, label_list = task.is_regression, list(task.label_names)
+        if data_args.do_regression is not None and data_args.do_regression != is_regression:
+            kind = "a regression" if is_regression else "a classification"
+            raise UsageError(
+                f"--do_regression {data_args.do_regression} contradicts --task_name {data_args.task_name}, {kind} task"
+            )
+    else:
+        raw_datasets, is_regression, label_list = read_labels(raw_datasets, sources, data_args.do_regression)
+    num_labels = 1 if is_regression else len(label_list)
     if not is_regression and num_labels < 2:
         raise UsageError(
             f"{sources['train']} has one class only ({label_list[0]!r}); a classifier needs examples of at least two"
         )
-    if task is None and not is_regression:
-        check_labels_known(raw_datasets, label_list, sources)
     check_checkpoint_labels(last_checkpoint, num_labels)
     training_args.check_model(num_labels, "regression" if is_regression else None)
 
@@ -748,8 +722,6 @@ def run(argv: list[str]) -> None:
         data_args.drop_rows_with_missing_text,
     )
     padding = "max_length" if data_args.pad_to_max_length else False
-    if task is None and not is_regression:
-        raw_datasets = encode_labels(raw_datasets, label_list)
     if label_list:
         model.config.label2id = {str(label): i for i, label in enumerate(label_list)}
         model.config.id2label = {i: str(label) for i, label in enumerate(label_list)}

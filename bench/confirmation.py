@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+from functools import partial
 
 import numpy as np
 from common import (
@@ -181,6 +182,11 @@ def choose_epochs(options: argparse.Namespace, task: str, seed: int) -> tuple[fl
     return best, {f"{e:g}": round(v, 4) for e, v in sorted(scores.items())}
 
 
+def heldout_at(options: argparse.Namespace, task: str, seed: int, arm: str, setting: dict, value: float) -> dict | None:
+    """The held-out run of ``arm`` at λ = ``value``."""
+    return cell(options, task, seed, arm, {**setting, "mmr_lambda": value}, heldout=True)
+
+
 def heldout_phase(options: argparse.Namespace, plan: dict) -> dict:
     """Every open value's held-out choice, with the held-out accuracies it was chosen from."""
     choices: dict = {}
@@ -194,11 +200,7 @@ def heldout_phase(options: argparse.Namespace, plan: dict) -> dict:
             setting = spec["arms"][arm]
             if setting["mmr_lambda"] is not None:
                 continue
-
-            def heldout_run(value: float, arm: str = arm, setting: dict = setting) -> dict | None:
-                return cell(options, task, seed, arm, {**setting, "mmr_lambda": value}, heldout=True)
-
-            chosen = choose_on_grid(arm, heldout_run)
+            chosen = choose_on_grid(arm, partial(heldout_at, options, task, seed, arm, setting))
             if chosen is not None:
                 choices[f"{task}/{arm}/mmr_lambda"] = chosen
     if "sst2" in options.tasks:  # the regime study's noisy baseline, seed 42, rerun on today's code
@@ -286,9 +288,17 @@ def summary_lines(results: dict[str, dict], rerun: dict | None) -> list[str]:
     ]
     for task, result in results.items():
         for arm, entry in result["arms"].items():
-            setting = ", ".join(f"{k.replace('num_train_', '').replace('mmr_', '')} {v}" for k, v in entry["setting"].items())
-            cells = [f"{entry[name]['mean_sd'][0]:.4f} ± {entry[name]['mean_sd'][1]:.4f}" for name in list(MEASURES)[:7]]
-            lines.append(f"| {task} | {arm} | {setting} | " + " | ".join(cells[:2] + [cells[4], cells[3], cells[2]] + cells[5:]) + " |")
+            setting = ", ".join(
+                f"{k.replace('num_train_', '').replace('mmr_', '')} {v}" for k, v in entry["setting"].items()
+            )
+            cells = [
+                f"{entry[name]['mean_sd'][0]:.4f} ± {entry[name]['mean_sd'][1]:.4f}" for name in list(MEASURES)[:7]
+            ]
+            lines.append(
+                f"| {task} | {arm} | {setting} | "
+                + " | ".join(cells[:2] + [cells[4], cells[3], cells[2]] + cells[5:])
+                + " |"
+            )
     lines += [
         "",
         "| task | comparison | accuracy difference, points, 95 % CI (seeds better) | p | p (Holm) | confirmed |",
@@ -300,7 +310,10 @@ def summary_lines(results: dict[str, dict], rerun: dict | None) -> list[str]:
             confirmed = ("yes" if test["confirmed"] else "no") if "confirmed" in test else ""
             lines.append(f"| {task} | {name} | {points(test)} | {test['p']:.4f} | {holm_p} | {confirmed} |")
     if rerun is not None:
-        lines += ["", f"Rerun of the regime study's noisy SST-2 baseline, seed 42, on today's code: {json.dumps(rerun)}"]
+        lines += [
+            "",
+            f"Rerun of the regime study's noisy SST-2 baseline, seed 42, on today's code: {json.dumps(rerun)}",
+        ]
     return lines
 
 
@@ -348,7 +361,9 @@ def main() -> None:
     if options.phase == "confirm" and not options.summary_only:
         missing = [key for key in open_values(plan) if key.split("/")[0] in options.tasks]
         if missing:
-            raise SystemExit(f"{PREREGISTRATION} leaves {', '.join(missing)} open: run --phase heldout and fill them in")
+            raise SystemExit(
+                f"{PREREGISTRATION} leaves {', '.join(missing)} open: run --phase heldout and fill them in"
+            )
         for task in options.tasks:  # seed by seed, so that an interrupted study stays paired
             for seed in plan[task]["seeds"]:
                 for arm, setting in plan[task]["arms"].items():

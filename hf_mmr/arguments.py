@@ -193,11 +193,14 @@ class MMRTrainingArguments(TrainingArguments):
                     f"MMR and MMS sampling need single-label classification, but this model is set up for {kind}; "
                     "use --mmr_lambda 0 and --mms_selection none"
                 )
-            if self.calibrates:
-                raise MMRConfigError(
-                    f"--calibration temperature needs single-label classification, but this model is set up for "
-                    f"{kind}; use --calibration none"
-                )
+            for flag, needed, off in (
+                ("--calibration temperature", self.calibrates, "--calibration none"),
+                ("--record_margins", self.record_margins, "--record_margins false"),
+            ):
+                if needed:
+                    raise MMRConfigError(
+                        f"{flag} needs single-label classification, but this model is set up for {kind}; use {off}"
+                    )
         if self.mmr_enabled and self.mmr_top_k > num_labels - 1:
             raise MMRConfigError(f"--mmr_top_k must be <= num_labels - 1 = {num_labels - 1}, got {self.mmr_top_k}")
 

@@ -53,5 +53,7 @@ class EvalMargins:
             probs, labels = columns["probs"].double().numpy(), columns["labels"].numpy()
             metrics.update(ece=expected_calibration_error(probs, labels), nll=negative_log_likelihood(probs, labels))
             if "probs_uncalibrated" in columns:
-                metrics["ece_uncalibrated"] = expected_calibration_error(columns["probs_uncalibrated"].double().numpy(), labels)
+                metrics["ece_uncalibrated"] = expected_calibration_error(
+                    columns["probs_uncalibrated"].double().numpy(), labels
+                )
         return metrics, {"mms": scores.numpy(), "radius": float(norms.max())}

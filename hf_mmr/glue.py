@@ -212,7 +212,10 @@ def load_glue_tsv(glue_dir: str, task_name: str, splits: list[str]) -> datasets.
     check_glue_dir(glue_dir, task, splits)
     return datasets.DatasetDict(
         {
-            split: datasets.Dataset.from_dict(read_tsv(split_path(glue_dir, task, split), task), task_features(task))
+            # The split's name travels with it: the model card's model-index names the evaluation split.
+            split: datasets.Dataset.from_dict(
+                read_tsv(split_path(glue_dir, task, split), task), task_features(task), split=datasets.NamedSplit(split)
+            )
             for split in splits
         }
     )

@@ -48,7 +48,9 @@ def find_label_issues(output_dir: str, write: bool = True) -> Any:
         from cleanlab.filter import find_label_issues as cleanlab_issues
         from cleanlab.rank import get_label_quality_scores
     except ImportError:
-        raise MissingPackageError('finding label issues with cleanlab needs it: pip install "hf-mmr[cleanlab]"') from None
+        raise MissingPackageError(
+            'finding label issues with cleanlab needs it: pip install "hf-mmr[cleanlab]"'
+        ) from None
     import pandas as pd
 
     from .report import load_margins

@@ -1,7 +1,8 @@
 """The official GLUE metrics and calibration, computed with numpy alone, and their ``evaluate`` wrapper.
 
 accuracy for every classification task; F1 of the positive class (id 1) for MRPC and QQP;
-Matthews correlation for CoLA; Pearson and Spearman correlation for STS-B; the expected
+Matthews correlation for CoLA; Pearson and Spearman correlation for STS-B; the mean squared
+error of a custom regression task (``mse``); the expected
 calibration error and the negative log-likelihood of a classifier's probabilities.
 """
 
@@ -86,8 +87,11 @@ def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def glue_scores(task: str | None, predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
-    """The GLUE metrics of ``task`` (None: accuracy, for a custom classification task)."""
+    """The GLUE metrics of ``task`` (None: accuracy, for a custom classification task; ``mse``: the mean squared
+    error, for a custom regression task)."""
     predictions, references = np.asarray(predictions), np.asarray(references)
+    if task == "mse":
+        return {"mse": float(np.mean((predictions.astype(np.float64) - references.astype(np.float64)) ** 2))}
     if task == "stsb":
         x, y = predictions.astype(np.float64), references.astype(np.float64)
         return {"pearson": pearson(x, y), "spearmanr": spearman(x, y)}
@@ -108,7 +112,7 @@ def load_glue_metric(task: str | None):
 
 def glue_compute_metrics(task: str | None, is_regression: bool) -> Callable:
     """A ``compute_metrics`` for the Trainer: argmax (or squeeze, for regression) then the GLUE metric."""
-    metric = load_glue_metric(task)
+    metric = load_glue_metric(task if task is not None or not is_regression else "mse")
 
     def compute_metrics(prediction) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions

@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--labels", nargs="+", help="a label per run (default: the directory names)")
     parser.add_argument("--suspects", type=int, metavar="K", help="print the first run's K lowest-AUM examples")
     parser.add_argument(
-        "--cleanlab", action="store_true", help="write the first run's label_issues.csv with cleanlab (hf-mmr[cleanlab])"
+        "--cleanlab",
+        action="store_true",
+        help="write the first run's label_issues.csv with cleanlab (hf-mmr[cleanlab])",
     )
     options = parser.parse_args(argv)
     labels = options.labels or [os.path.basename(os.path.normpath(d)) for d in options.output_dirs]

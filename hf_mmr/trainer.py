@@ -85,7 +85,9 @@ class MMRTrainer(Trainer):
         self.search_report: dict | None = None  # a search's trials and choice, shown in the model card
         self._attach_head()
         self.calibration_dataset = calibration_dataset
-        self.train_rows: list[int] | None = None  # the given training set's positions trained on, when a slice is held out
+        self.train_rows: list[int] | None = (
+            None  # the given training set's positions trained on, when a slice is held out
+        )
         self.temperature: float | None = None  # what the head was divided by, once calibrated
         self.calibration_report: dict[str, float] | None = None
         if self.args.calibrates:
@@ -116,6 +118,9 @@ class MMRTrainer(Trainer):
             logger.warning("MMR diagnostics are off: %s", error)
             return
         self.args.check_model(head.out_features)  # a model without config.num_labels: its head decides
+        if head.out_features < 2:  # regression: margins and their diagnostics need classes
+            logger.info("Margin diagnostics are off: the head %r has one output (regression)", path)
+            return
         self.feature_capture = FeatureCapture(head, path)
         self._head_checked = False
 
@@ -225,7 +230,9 @@ class MMRTrainer(Trainer):
             return  # nothing to hold out from; calibrate(dataset) still works
         labels = _labels_of(self.train_dataset)
         kept, held = stratified_split(labels, self.args.calibration_split, self.args.seed)
-        source = f"the calibration slice (--calibration_split {self.args.calibration_split:g} of {len(labels)} examples)"
+        source = (
+            f"the calibration slice (--calibration_split {self.args.calibration_split:g} of {len(labels)} examples)"
+        )
         check_calibration_labels([labels[i] for i in held], num_labels, source)
         self.calibration_dataset = _subset(self.train_dataset, held)
         self.train_dataset = _subset(self.train_dataset, kept)

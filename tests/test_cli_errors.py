@@ -67,8 +67,49 @@ def checkpoint_with_labels(tmp_path, num_labels):
     return str(folder)
 
 
+REGRESSION = "text,label\nthe cat sat,1.5\na dog ran,3.2\nbirds fly,0.4\n"
+
 # (name, argument builder, expected words in the message)
 CASES = [
+    (
+        "empty label cell",
+        lambda t, g: data_files(t, "text,label\nhi,1\nyo,\nok,0\n", "text,label\nhi,1\n"),
+        ["a.csv", "row 2 has no label"],
+    ),
+    (
+        "labels mix numbers and words",
+        lambda t, g: data_files(
+            t, '{"text": "a", "label": 1}\n{"text": "b", "label": "yes"}\n', '{"text": "a", "label": 1}\n', "jsonl"
+        ),
+        ["1 in", "'yes' in", "spell every label one way"],
+    ),
+    (
+        "margins on regression",
+        lambda t, g: data_files(t, REGRESSION, REGRESSION, "csv", "--record_margins", "true"),
+        ["--record_margins false", "regression"],
+    ),
+    (
+        "MMR on regression",
+        lambda t, g: data_files(t, REGRESSION, REGRESSION, "csv", "--mmr_lambda", "0.1"),
+        ["--mmr_lambda 0", "regression"],
+    ),
+    (
+        "calibration on regression",
+        lambda t, g: data_files(t, REGRESSION, REGRESSION, "csv", "--calibration", "temperature"),
+        ["--calibration none", "regression"],
+    ),
+    (
+        "regression of words",
+        lambda t, g: data_files(
+            t, "text,label\nhi,pos\nyo,neg\n", "text,label\nhi,pos\n", "csv", "--do_regression", "true"
+        ),
+        ["--do_regression needs numeric labels", "'pos'"],
+    ),
+    (
+        "regression flag against the task",
+        lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--do_regression", "true"],
+        ["--do_regression True contradicts --task_name rte"],
+    ),
     ("unknown task", lambda t, g: ["--task_name", "mrcp"], ["--task_name", "mrpc"]),
     ("missing glue dir", lambda t, g: ["--task_name", "rte", "--glue_dir", str(t / "nowhere")], ["--glue_dir"]),
     ("no task folder", lambda t, g: ["--task_name", "cola", "--glue_dir", g], ["CoLA/"]),

@@ -7,11 +7,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from transformers import TrainerCallback
-
 from conftest import QUIET, make_trainer, subprocess_env, synthetic_dataset, tiny_model
 from test_distributed import launch
 from test_e2e import run_script
+from transformers import TrainerCallback
 
 from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, expected_calibration_error
 from hf_mmr.calibration import TEMPERATURE_RANGE, fit_temperature, fold_temperature, stratified_split, temperature_nll

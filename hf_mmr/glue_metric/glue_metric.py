@@ -19,16 +19,18 @@ _CONFIGS = (
     "wnli",
     "hans",
     "accuracy",
+    "mse",
 )
 
 
 class GlueMetric(evaluate.Metric):
-    """accuracy; F1 for MRPC and QQP; Matthews correlation for CoLA; Pearson and Spearman for STS-B."""
+    """accuracy; F1 for MRPC and QQP; Matthews correlation for CoLA; Pearson and Spearman for STS-B; the mean
+    squared error for a custom regression task (``mse``, as run_glue.py's ``evaluate.load("mse")``)."""
 
     def _info(self) -> evaluate.MetricInfo:
         if self.config_name not in _CONFIGS:
             raise KeyError(f"unknown GLUE metric config {self.config_name!r}; pick one of {', '.join(_CONFIGS)}")
-        dtype = "float32" if self.config_name == "stsb" else "int64"
+        dtype = "float32" if self.config_name in ("stsb", "mse") else "int64"
         return evaluate.MetricInfo(
             description=__doc__,
             citation="Wang et al., GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language Understanding, 2019",
