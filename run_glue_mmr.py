@@ -13,14 +13,11 @@ flags after the file override its values::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import socket
 import sys
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +26,6 @@ from urllib.parse import urlparse
 import datasets
 import numpy as np
 import transformers
-import yaml
 from datasets import load_dataset
 from transformers import (
     AutoConfig,
@@ -44,6 +40,7 @@ from transformers import (
 from hf_mmr import MMRTrainer, MMRTrainingArguments
 from hf_mmr.errors import CheckpointError, MMRError, NonFiniteLossError
 from hf_mmr.glue import TASKS, get_task, load_glue_tsv, split_path
+from hf_mmr.inputs import check_input_file, parse_arguments
 from hf_mmr.labels import read_labels
 from hf_mmr.margins import MMR_FORMS
 from hf_mmr.metrics import glue_compute_metrics, main_metric
@@ -194,8 +191,7 @@ class DataTrainingArguments:
                 raise UsageError(f"--{flag} {path!r} is a folder; name a .csv, .json or .jsonl file")
             if path.rsplit(".", 1)[-1] not in ("csv", "json", "jsonl"):
                 raise UsageError(f"--{flag} {path!r} must be a .csv, .json or .jsonl file")
-            if not os.path.isfile(path):
-                raise UsageError(f"--{flag} {path!r} does not exist")
+            check_input_file(f"--{flag}", path)
             if not has_rows(path):
                 raise UsageError(f"--{flag} {path} has no rows")
 
@@ -292,118 +288,7 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, 
     """Flags, or a JSON/YAML file as the first argument followed by flags that override it."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MMRTrainingArguments))
     group_mmr_flags(parser)
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        if os.path.isdir(argv[0]):
-            raise UsageError(f"config file {argv[0]!r} is a folder; give the YAML or JSON file inside it")
-        if not os.path.isfile(argv[0]):
-            raise UsageError(f"config file {argv[0]!r} does not exist")
-        try:
-            with open(argv[0], encoding="utf-8") as handle:
-                values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark is not None else "its syntax"
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise UsageError(f"config file {argv[0]}: {where}: {problem}") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"config file {argv[0]} cannot be read: {error}") from None
-        if not isinstance(values, dict):
-            raise UsageError(f"config file {argv[0]!r} must hold a mapping of argument names to values")
-        known = {action.dest for action in parser._actions}
-        unknown_keys = [key for key in values if key not in known]
-        if unknown_keys:
-            raise UsageError(f"config file {argv[0]}: unknown key {unknown_keys[0]!r}; see --help for the names")
-        values = check_config_types(values, argv[0], (ModelArguments, DataTrainingArguments, MMRTrainingArguments))
-        argv = config_to_flags(values) + argv[1:]
-    model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
-    )
-    if unknown:
-        raise UsageError(f"unknown argument {unknown[0]!r}; see --help")
-    return model_args, data_args, training_args
-
-
-def _accepts(kind: Any, value: Any) -> bool:
-    """Whether a config value can stand for a field of type ``kind`` (as its command-line flag would parse it)."""
-    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
-    if kind is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_accepts(argument, value) for argument in arguments)
-    if kind is type(None):
-        return value is None
-    if origin is typing.Literal:
-        return value in arguments
-    if origin in (list, tuple):  # a flag with nargs also takes a single item
-        items = value if isinstance(value, list) else [value]
-        return all(_accepts(arguments[0] if arguments else Any, item) for item in items)
-    if kind is dict or origin is dict:
-        return isinstance(value, dict)
-    if isinstance(value, (list, dict)):
-        return False
-    if kind is bool:
-        return isinstance(value, bool) or str(value).lower() in ("true", "false", "yes", "no", "1", "0")
-    if kind in (int, float):
-        if isinstance(value, bool):
-            return False
-        try:
-            kind(value)  # YAML reads 1e-4 (no dot) as a string; argparse would parse it
-        except (TypeError, ValueError):
-            return False
-        return kind is float or float(value) == int(float(value))
-    return True  # strings, enums of strings and other scalars: the argument classes validate the value
-
-
-def _describe(kind: Any) -> str:
-    """A field type in words, for error messages."""
-    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(dict.fromkeys(_describe(a) for a in arguments if a is not type(None)))
-    if origin in (list, tuple):
-        return f"a list of {_describe(arguments[0]) if arguments else 'values'}"
-    if kind is dict or origin is dict:
-        return "a mapping"
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(argument) for argument in arguments)
-    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    return words.get(kind, "a single value")
-
-
-def check_config_types(values: dict, path: str, argument_classes: tuple[type, ...]) -> dict:
-    """Every value of a config file must fit its field's type; one line naming the key, the file and the value.
-
-    Returns the values with a whole float in an integer field (YAML's ``100.0``) as that integer, which
-    the field's flag parses; every other value is kept as written.
-    """
-    kinds = {}
-    for cls in argument_classes:
-        hints = typing.get_type_hints(cls)
-        kinds.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init})
-    checked = dict(values)
-    for key, value in values.items():
-        if key in kinds and value is not None and not _accepts(kinds[key], value):
-            raise UsageError(
-                f"config file {path}: key {key!r} takes {_describe(kinds[key])}, got {value!r}; fix that line"
-            )
-        if isinstance(value, float) and not _accepts(kinds.get(key, Any), 0.5):  # a field that takes no fraction
-            checked[key] = int(value)
-    return checked
-
-
-def config_to_flags(values: dict) -> list[str]:
-    """Turn a config mapping into flags, so that later flags on the command line win (argparse keeps the last)."""
-    flags: list[str] = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        flags.append(f"--{key}")
-        if isinstance(value, (list, tuple)):
-            flags.extend(str(item) for item in value)
-        elif isinstance(value, dict):  # fields such as fsdp_config take a mapping as a JSON string
-            flags.append(json.dumps(value))
-        else:
-            flags.append(str(value))
-    return flags
+    return parse_arguments(parser, argv)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -638,11 +523,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str]) -> None:
-    try:
-        model_args, data_args, training_args = parse_args(argv)
-    except (ValueError, yaml.YAMLError) as error:
-        # The argument dataclasses validate themselves; report what they say in one line.
-        raise UsageError(str(error).strip().splitlines()[0]) from None
+    model_args, data_args, training_args = parse_args(argv)
 
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",

@@ -48,6 +48,17 @@ def data_files(tmp_path, train, dev, extension="csv", *more):
     ]
 
 
+def fifo_files(tmp_path):
+    """--train_file naming a named pipe (reading it would block or consume it), --validation_file a real file."""
+    os.mkfifo(tmp_path / "pipe.csv")
+    return [
+        "--train_file",
+        str(tmp_path / "pipe.csv"),
+        "--validation_file",
+        write(tmp_path / "b.csv", "text,label\nhi,1\n"),
+    ]
+
+
 def model_without_weights(folder):
     """A model folder with its config and the packaged tokenizer, but no weights file."""
     folder.mkdir(parents=True)
@@ -201,6 +212,23 @@ CASES = [
     ),
     ("unknown flag", lambda t, g: ["--task_name", "rte", "--glue_dir", g, "--mmr_lamda", "0.1"], ["--mmr_lamda"]),
     ("missing config file", lambda t, g: [str(t / "absent.yaml")], ["absent.yaml"]),
+    (
+        "config key twice",
+        lambda t, g: [write(t / "twice.yaml", "task_name: rte\nmmr_lambda: 0.1\nmmr_lambda: 0.2\n")],
+        ["twice.yaml", "key 'mmr_lambda' is given twice (lines 2 and 3); keep one"],
+    ),
+    ("empty config file", lambda t, g: [write(t / "empty.yaml", "# nothing yet\n")], ["empty.yaml is empty"]),
+    (
+        "deepspeed not installed",
+        lambda t, g: [
+            write(
+                t / "ds.yaml",
+                f"task_name: rte\nglue_dir: {g}\noutput_dir: {t / 'out'}\ndeepspeed:\n  train_batch_size: 8\n",
+            )
+        ],
+        ["--deepspeed needs the package 'deepspeed'", 'pip install "deepspeed>=', "or remove --deepspeed"],
+    ),
+    ("named pipe as data file", lambda t, g: fifo_files(t), ["--train_file", "is a named pipe; name a regular file"]),
     # Data files as they come in real projects.
     (
         "empty text cell",

@@ -72,8 +72,9 @@ def test_console_script():
     result = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--mmr_lambda" in result.stdout and "--glue_dir" in result.stdout
     # The hf-mmr flags have their own heading, listed before the Trainer's 800 lines of options.
-    heading = result.stdout.index("hf-mmr: MMR, MMS selection, margin recording, MMR search:")
-    mine = [result.stdout.index(f"\n  --{flag} ") for flag in ("mmr_lambda", "mms_selection", "record_margins")]
+    heading = result.stdout.index("hf-mmr: MMR, MMS selection, margin recording, calibration, MMR search:")
+    flags = ("mmr_lambda", "mms_selection", "record_margins", "calibration")
+    mine = [result.stdout.index(f"\n  --{flag} ") for flag in flags]
     assert heading < min(mine) and max(mine) < result.stdout.index("\n  --learning_rate ")
     assert "{none,select,cached}" in result.stdout and "{weights,margin}" in result.stdout
 
