@@ -13,7 +13,6 @@ flags after the file override its values::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -45,12 +44,15 @@ from hf_mmr.labels import read_labels
 from hf_mmr.margins import MMR_FORMS
 from hf_mmr.metrics import glue_compute_metrics, main_metric
 from hf_mmr.model import DEFAULT_MODEL_HUB_NAME, default_model_dir
+from hf_mmr.outputs import check_output_folder
+from hf_mmr.outputs import record as record_outputs
 from hf_mmr.recovery import (
     SaveOnSignal,
     check_resumable,
     checkpoint_problem,
     checkpoints,
     last_complete_checkpoint,
+    model_mismatch,
 )
 from hf_mmr.search import LAMBDA_RANGE, apply_setting, make_mmr_hp_space, require_optuna, search_mmr_setting
 
@@ -316,14 +318,22 @@ def check_folder_to_write(path: str, flag: str) -> None:
         raise UsageError(f"{flag} {path!r} cannot be written ({probe!r} is not writable); choose another folder")
 
 
-def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainingArguments) -> str | None:
+def check_output_dir(
+    model_args: ModelArguments, data_args: DataTrainingArguments, training_args: MMRTrainingArguments
+) -> str | None:
     """Refuse a non-empty output_dir unless asked to overwrite or resume; return the checkpoint to resume from.
+
+    Whatever is asked, a folder the run loads or a file no run wrote is never replaced (``outputs``).
 
     A checkpoint named by --resume_from_checkpoint must pass every check of ``recovery.checkpoint_problem``;
     automatic resume takes the newest checkpoint that does, and warns about each newer one it passes over.
     """
     output_dir = training_args.output_dir
     check_folder_to_write(output_dir, "--output_dir")
+    loaded = {
+        f"--{flag}": getattr(model_args, flag) for flag in ("model_name_or_path", "config_name", "tokenizer_name")
+    }
+    check_output_folder(output_dir, loaded, data_args.overwrite_output_dir)
     required = training_args.checkpoint_files
     if training_args.resume_from_checkpoint is not None:
         checkpoint = training_args.resume_from_checkpoint
@@ -341,7 +351,9 @@ def check_output_dir(data_args: DataTrainingArguments, training_args: MMRTrainin
     last_checkpoint = last_complete_checkpoint(output_dir, required, warn=True)
     if last_checkpoint is None:
         damaged = checkpoints(output_dir)
-        why = f" and none of its checkpoints is sound ({checkpoint_problem(damaged[0], required)})" if damaged else ""
+        # The checkpoint's path relative to output_dir, so the line names the folder once.
+        problem = checkpoint_problem(damaged[0], required).replace(os.path.join(output_dir, ""), "") if damaged else ""
+        why = f" and none of its checkpoints is sound ({problem})" if damaged else ""
         raise UsageError(
             f"--output_dir {output_dir!r} is not empty{why}; pass --overwrite_output_dir to write into it (nothing is "
             "deleted) or choose another directory"
@@ -466,21 +478,6 @@ def first_row(column: list, bad: Callable[[Any], bool]) -> int | None:
     return next((row for row, value in enumerate(column, start=1) if bad(value)), None)
 
 
-def check_checkpoint_labels(checkpoint: str | None, num_labels: int) -> None:
-    """A checkpoint of another task (another label count) cannot be resumed: say so before loading it."""
-    config_path = os.path.join(checkpoint or "", "config.json")
-    if checkpoint is None or not os.path.isfile(config_path):
-        return
-    with open(config_path) as handle:
-        config = json.load(handle)
-    labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels", num_labels)
-    if labels != num_labels:
-        raise UsageError(
-            f"--resume_from_checkpoint {checkpoint} was trained with {labels} labels, but this task has {num_labels}; "
-            "resume a checkpoint of this task, or start afresh with another --output_dir"
-        )
-
-
 def drop_or_refuse_missing_text(
     raw: datasets.DatasetDict, columns: list[str], sources: dict[str, str], drop: bool
 ) -> datasets.DatasetDict:
@@ -552,7 +549,7 @@ def run(argv: list[str]) -> None:
             "run_glue_mmr.py ... --use_cpu` or `torchrun --nproc_per_node N run_glue_mmr.py ... --use_cpu`."
         )
 
-    last_checkpoint = check_output_dir(data_args, training_args)
+    last_checkpoint = check_output_dir(model_args, data_args, training_args)
     needs_hub = not os.path.isdir(model_args.model_name_or_path) or (
         data_args.glue_dir is None and data_args.train_file is None
     )
@@ -578,11 +575,17 @@ def run(argv: list[str]) -> None:
         raise UsageError(
             f"{sources['train']} has one class only ({label_list[0]!r}); a classifier needs examples of at least two"
         )
-    check_checkpoint_labels(last_checkpoint, num_labels)
     training_args.check_model(num_labels, "regression" if is_regression else None)
 
     tokenizer, load_model = load_pretrained(model_args, num_labels, data_args.task_name, online)
     model = load_model()
+    if last_checkpoint is not None and (problem := model_mismatch(last_checkpoint, model.config.to_dict())):
+        named = training_args.resume_from_checkpoint is not None
+        where = f"--resume_from_checkpoint {last_checkpoint}" if named else f"the checkpoint {last_checkpoint}"
+        raise UsageError(
+            f"{where} {problem}; resume it with the --model_name_or_path it was trained from, or start afresh with "
+            "another --output_dir"
+        )
 
     # Preprocessing
     if task is not None:
@@ -753,6 +756,8 @@ def run(argv: list[str]) -> None:
         trainer.push_to_hub(**card)
     elif training_args.do_train:
         trainer.create_model_card(**card)
+    if trainer.is_world_process_zero():
+        record_outputs(training_args.output_dir)  # so that the next run knows these files are runs' own
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MissingPackageError, RunFolderError
+from .outputs import record
 from .recording import PROBS_FILE, text_columns
 
 # Written into the run's folder: one row per training example.
@@ -82,4 +83,5 @@ def find_label_issues(output_dir: str, write: bool = True) -> Any:
     issues = pd.DataFrame(columns)
     if write:
         issues.to_csv(os.path.join(output_dir, ISSUES_FILE), index=False)
+        record(output_dir, [ISSUES_FILE])  # the folder's own file: a later run into it may replace it
     return issues

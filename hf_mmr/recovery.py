@@ -230,3 +230,39 @@ class SaveOnSignal(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+# What a checkpoint's config.json must share with the model being loaded for its weights to fit.
+MODEL_SHAPE = ("model_type", "hidden_size", "num_hidden_layers")
+
+
+def _model_shape(config: dict) -> dict[str, Any]:
+    shape = {key: config[key] for key in MODEL_SHAPE if key in config}
+    labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels")
+    if labels is not None:
+        shape["labels"] = labels
+    return shape
+
+
+def model_mismatch(checkpoint: str, config: dict) -> str | None:
+    """Why ``checkpoint`` cannot be resumed into a model of ``config`` (a ``config.to_dict()``), or None.
+
+    Compared: the model type, hidden size, layer count and number of labels that the checkpoint's
+    ``config.json`` states; a checkpoint of another model would end in a size-mismatch traceback.
+    """
+    path = os.path.join(checkpoint, "config.json")
+    if not os.path.isfile(path):
+        return None
+    saved, problem = _read_json(path)
+    if problem is not None or not isinstance(saved, dict):
+        return None  # checkpoint_problem names a damaged config.json
+    theirs, ours = _model_shape(saved), _model_shape(config)
+    if all(ours.get(key) == value for key, value in theirs.items()):
+        return None
+
+    def words(shape: dict) -> str:
+        parts = [str(shape.get("model_type", "?"))]
+        parts += [f"{key.replace('_', ' ')} {shape[key]}" for key in MODEL_SHAPE[1:] if key in shape]
+        return ", ".join(parts + ([f"{shape['labels']} labels"] if "labels" in shape else []))
+
+    return f"was trained from another model ({words(theirs)}) than the one loaded now ({words(ours)})"
