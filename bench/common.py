@@ -61,9 +61,16 @@ def flip_labels(dataset: Any, fraction: float, num_classes: int, seed: int = 0) 
     rng = np.random.default_rng(seed)
     labels = np.asarray(dataset["label"], dtype=np.int64)
     flipped = rng.choice(len(labels), size=round(fraction * len(labels)), replace=False)
-    noisy = labels.copy()
     # An offset of 1..C-1 classes: uniform over the other classes.
-    noisy[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
+    return relabel(dataset, flipped, (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes)
+
+
+def relabel(dataset: Any, rows: Any, labels: Any) -> Any:
+    """``dataset`` with the labels of ``rows`` replaced by ``labels``, the originals kept as ``clean_label``."""
+    import numpy as np
+
+    noisy = np.asarray(dataset["label"], dtype=np.int64).copy()
+    noisy[np.asarray(rows, dtype=np.int64)] = labels
     features = dataset.features.copy()
     dataset = dataset.rename_column("label", "clean_label").add_column("label", noisy.tolist())
     return dataset.cast_column("label", features["label"])
@@ -175,6 +182,7 @@ def fine_tune(
     max_seq_length: int = 128,
     probe: Any = None,
     predict: dict[str, Any] | None = None,
+    probabilities: dict[str, Any] | None = None,
     keep_dev_logits: bool = False,
     **arguments: Any,
 ) -> dict:
@@ -182,7 +190,8 @@ def fine_tune(
 
     ``probe``, a set of examples evaluated with the final model (``record["probe"]``), such as the
     flipped training examples with their noisy labels. ``predict``, named sets whose final-model
-    predictions (class ids) go to ``record["predictions"][name]``; ``keep_dev_logits`` keeps the final
+    predictions (class ids) go to ``record["predictions"][name]``; ``probabilities``, named sets whose
+    final-model class probabilities (5 decimals) go to ``record["probabilities"][name]``; ``keep_dev_logits`` keeps the final
     model's evaluation logits (``record["dev_logits"]``, 4 decimals), for calibration analyses. With
     ``record_margins`` the record holds the per-example training table as columns (``record["train_margins"]``).
     """
@@ -193,6 +202,8 @@ def fine_tune(
         TrainerCallback,
         set_seed,
     )
+
+    import numpy as np
 
     from hf_mmr import MMRTrainer, MMRTrainingArguments, default_model_dir
     from hf_mmr.metrics import glue_compute_metrics
@@ -281,6 +292,10 @@ def fine_tune(
     for name, dataset in (predict or {}).items():
         output = trainer.predict(_tokenized(dataset, task_name, tokenizer, max_seq_length), metric_key_prefix=name)
         record.setdefault("predictions", {})[name] = output.predictions.argmax(axis=1).tolist()
+    for name, dataset in (probabilities or {}).items():
+        logits = trainer.predict(_tokenized(dataset, task_name, tokenizer, max_seq_length)).predictions
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        record.setdefault("probabilities", {})[name] = (probs / probs.sum(axis=1, keepdims=True)).round(5).tolist()
     if keep_dev_logits:
         record["dev_logits"] = trainer.predict(evaluation).predictions.round(4).tolist()
     if probe is not None and len(probe):
@@ -288,10 +303,13 @@ def fine_tune(
         record["probe"] = {k: round(v, 5) for k, v in metrics.items() if not k.endswith(("runtime", "per_second"))}
     if trainer.train_margins is not None:
         table = trainer.train_margins
+        columns = ["seen", "aum", "logit_aum", "mean_loss", "confidence", "variability", "last_prediction"]
+        columns += [name for name in table.columns if name.startswith("aum_epoch_")]
         record["train_margins"] = {
             name: [None if math.isnan(value) else round(float(value), 6) for value in table[name].astype(float)]
-            for name in ("seen", "aum", "logit_aum", "mean_loss", "confidence", "variability", "last_prediction")
+            for name in columns
         }
+        record["train_probs"] = np.nan_to_num(trainer.train_probs, nan=-1.0).round(5).tolist()  # -1: never seen
     return record
 
 

@@ -348,3 +348,107 @@ def test_label_error_summary_pairs_the_payoff_by_seed(monkeypatch):
     assert payoff["ece_cleaned_minus_noisy"]["mean"] == pytest.approx(-0.17)
     assert payoff["nll_oracle_minus_noisy"]["mean"] == pytest.approx(-0.15)
     assert payoff["ece_oracle_minus_cleaned"]["mean"] == pytest.approx(-0.02)
+
+
+def test_confusable_flips_go_to_the_likeliest_other_class():
+    import numpy as np
+    from label_errors import confusable_rows
+
+    probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.3, 0.1, 0.6], [0.1, 0.5, 0.4], [0.34, 0.33, 0.33]])
+    labels = np.array([0, 1, 2, 1, 0])
+    rows, new = confusable_rows(probs, labels, 2)
+    # The likeliest other class: 0.05, 0.2, 0.3, 0.4, 0.33 -> rows 3 (to class 2) and 4 (to class 1).
+    assert rows.tolist() == [3, 4] and new.tolist() == [2, 1]
+    assert all(new != labels[rows])
+
+
+def test_folds_are_disjoint_cover_every_row_and_keep_the_classes_balanced():
+    import numpy as np
+    from label_errors import stratified_folds
+
+    labels = np.array([0] * 50 + [1] * 25 + [2] * 10)
+    folds = stratified_folds(labels, 5, seed=3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(85))
+    for fold in folds:
+        assert np.bincount(labels[fold], minlength=3).tolist() == [10, 5, 2]
+    assert [f.tolist() for f in stratified_folds(labels, 5, seed=3)] == [f.tolist() for f in folds]
+
+
+def synthetic_run(n=200, flips=40, seed=0):
+    """A noisy run's record whose scores separate most flips, with cleanlab-ready probabilities."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n)
+    flipped = sorted(rng.choice(n, size=flips, replace=False).tolist())
+    is_flip = np.zeros(n, dtype=bool)
+    is_flip[flipped] = True
+    aum = np.where(is_flip, rng.normal(-0.5, 0.6, n), rng.normal(1.0, 0.6, n))
+    p_given = 1 / (1 + np.exp(-3 * aum))
+    probs = np.where(labels[:, None] == np.arange(2), p_given[:, None], 1 - p_given[:, None])
+    epochs = {f"aum_epoch_{e}": (aum + rng.normal(0, 0.3, n)).tolist() for e in (1, 2, 3)}
+    margins = {"aum": aum.tolist(), "logit_aum": (2 * aum).tolist(), "mean_loss": (-np.log(p_given)).tolist()}
+    margins.update(confidence=p_given.tolist(), **epochs)
+    record = {"train_margins": margins, "train_probs": probs.tolist(), "labels": labels.tolist(), "flipped": flipped}
+    return record, labels, probs
+
+
+def test_rankings_cutoffs_and_their_scores():
+    import numpy as np
+    from label_errors import cutoffs, rankings, scored
+
+    record, labels, probs = synthetic_run()
+    ranked = rankings(record, labels, cv_probs=probs)
+    assert set(ranked) >= {"aum", "aum_after_epoch_1", "aum_loss_ranks", "cleanlab_one_run", "cleanlab_cv"}
+    epochs = np.array([record["train_margins"][f"aum_epoch_{e}"] for e in (2, 3)])
+    np.testing.assert_allclose(ranked["aum_after_epoch_1"], -epochs.mean(axis=0))
+    flagged = cutoffs(record, labels, ranked["aum"], cv_probs=probs)
+    assert flagged["top_k_label_quality"].sum() == flagged["cleanlab_one_run"].sum()
+    np.testing.assert_array_equal(flagged["aum_negative"], np.array(record["train_margins"]["aum"]) < 0)
+    result = scored(record["flipped"], ranked, flagged)
+    positives = np.isin(np.arange(200), record["flipped"])
+    mask = flagged["aum_negative"]
+    hits = (mask & positives).sum()
+    assert result["precision_aum_negative"] == pytest.approx(hits / mask.sum(), abs=1e-5)
+    assert result["f1_aum_negative"] == pytest.approx(2 * hits / (mask.sum() + 40), abs=1e-5)
+    assert result["auprc_aum"] > 0.8 > 0.2  # far above the noise rate, which a random ranking scores
+    assert result["auprc_cleanlab_one_run"] == result["auprc_cleanlab_cv"]  # the same probabilities
+
+
+def test_label_quality_and_the_cutoff_are_chosen_on_the_choice_runs_only(monkeypatch):
+    import label_errors
+
+    asked = []
+
+    def fake_noisy_run(options, task, kind, noise, seed):
+        asked.append((task, kind, noise, seed))
+        return synthetic_run(seed=seed)[0]
+
+    monkeypatch.setattr(label_errors, "noisy_run", fake_noisy_run)
+    choice = label_errors.choose_label_quality(argparse.Namespace(), ["sst2", "trec"])
+    assert asked == [(t, "uniform", 0.1, s) for t in ("sst2", "trec") for s in label_errors.CHOICE_SEEDS]
+    assert choice["label_quality"] in label_errors.LABEL_QUALITY_CANDIDATES
+    assert choice["suspect"] == max(choice["f1"], key=choice["f1"].get)
+    assert choice["auprc"][choice["label_quality"]] == max(choice["auprc"].values())
+
+
+def test_cross_validation_gives_every_row_its_held_out_folds_probabilities(monkeypatch, tmp_path):
+    import datasets
+    import label_errors
+    import numpy as np
+
+    train = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(30)], "label": [i % 2 for i in range(30)]})
+    monkeypatch.setattr(label_errors, "noisy_splits", lambda *a, **k: (train, train))
+    fitted = []
+
+    def fake_fine_tune(task, fit, held, probabilities, **training):
+        fitted.append(len(fit))
+        rows = [int(t[1:]) for t in probabilities["held_out"]["text"]]  # the row, as a probability
+        return {"probabilities": {"held_out": [[r / 100, 1 - r / 100] for r in rows]}, "steps": 3, "final": {}}
+
+    monkeypatch.setattr(label_errors, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(label_errors, "run_once", lambda path, settings, make: {**make(), "wall_seconds": 1.0})
+    options = argparse.Namespace(out=str(tmp_path), summary_only=False, glue_dir="", trec_dir="")
+    cv = label_errors.cross_validated(options, "sst2", "uniform", 0.2, seed=42)
+    assert fitted == [24] * 5 and cv["train_steps"] == 15
+    np.testing.assert_allclose(cv["probs"][:, 0], np.arange(30) / 100)  # each row from the fold that held it out
