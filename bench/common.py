@@ -298,6 +298,8 @@ def fine_tune(
         record.setdefault("probabilities", {})[name] = (probs / probs.sum(axis=1, keepdims=True)).round(5).tolist()
     if keep_dev_logits:
         record["dev_logits"] = trainer.predict(evaluation).predictions.round(4).tolist()
+    if trainer.calibration_report is not None:
+        record["calibration"] = {key: round(float(value), 6) for key, value in trainer.calibration_report.items()}
     if probe is not None and len(probe):
         metrics = trainer.evaluate(_tokenized(probe, task_name, tokenizer, max_seq_length), metric_key_prefix="probe")
         record["probe"] = {k: round(v, 5) for k, v in metrics.items() if not k.endswith(("runtime", "per_second"))}

@@ -452,3 +452,32 @@ def test_cross_validation_gives_every_row_its_held_out_folds_probabilities(monke
     cv = label_errors.cross_validated(options, "sst2", "uniform", 0.2, seed=42)
     assert fitted == [24] * 5 and cv["train_steps"] == 15
     np.testing.assert_allclose(cv["probs"][:, 0], np.arange(30) / 100)  # each row from the fold that held it out
+
+
+def test_calibration_summary_pairs_by_seed_and_states_the_goals_averages(monkeypatch):
+    import calibration
+
+    def fake_cell(options, condition, arm, seed):
+        calibrated = "temperature" in arm
+        final = {"eval_accuracy": 0.8 + 0.01 * (seed - 42) - (0.005 if calibrated else 0.0), "eval_nll": 0.4}
+        final["eval_ece"] = 0.02 if calibrated else 0.10 if arm != "label_smoothing" else 0.05
+        if calibrated:
+            final["eval_ece_uncalibrated"] = 0.10
+        record = {"final": final}
+        if calibrated:
+            record["calibration"] = {"calibration_temperature": 1.5}
+        return record
+
+    monkeypatch.setattr(calibration, "cell", fake_cell)
+    result = calibration.summarize(argparse.Namespace(seeds=[42, 43, 44]))
+    assert set(result) == set(calibration.TASKS) | set(calibration.NOISY) | {"over_tasks"}
+    mrpc = result["mrpc"]
+    assert mrpc["temperature_minus_none"]["accuracy"]["mean"] == pytest.approx(-0.005)  # the held-out slice's cost
+    assert mrpc["ece_after_over_before"][0] == pytest.approx(0.2)
+    assert mrpc["ece_temperature_minus_label_smoothing"]["mean"] == pytest.approx(-0.03)
+    assert result["over_tasks"] == pytest.approx(
+        {"mean_ece_after": 0.02, "mean_ece_before": 0.10, "tasks_below_label_smoothing": 4}
+    )
+    assert set(result["sst2_noisy"]["arms"]) == {"none", "temperature"}
+    lines = calibration.summary_lines(result)
+    assert any(line.startswith("| mrpc | temperature | 0.8") for line in lines)
