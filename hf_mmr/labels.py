@@ -95,5 +95,5 @@ def read_labels(raw: Any, sources: dict[str, str], do_regression: bool | None) -
         columns = {split: [ids.get(v, -1) for v in column] for split, column in values.items()}
         feature = datasets.Value("int64")
     for split, column in columns.items():
-        raw[split] = raw[split].remove_columns(LABEL).add_column(LABEL, column, feature=feature)
+        raw[split] = raw[split].remove_columns(LABEL).add_column(LABEL, column).cast_column(LABEL, feature)
     return raw, is_regression, label_list

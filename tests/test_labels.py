@@ -87,6 +87,9 @@ def test_mixed_json_labels_train_as_two_classes(tmp_path):
         "--train_file", str(tmp_path / "train.jsonl"), "--validation_file", str(tmp_path / "train.jsonl"),
         "--do_train", "--do_eval", "--output_dir", str(out), "--max_steps", "2", "--report_to", "none",
     )  # fmt: skip
+    if int(datasets.__version__.split(".")[0]) < 5:  # its JSON loader refuses a column of numbers and strings
+        assert result.returncode == 2 and "changed from number to string" in result.stderr.strip().splitlines()[-1]
+        return
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "0", "1": "1"}
 
