@@ -89,18 +89,26 @@ def test_the_model_folder_as_output_dir_through_the_script(tmp_path, capsys, glu
 
 
 @pytest.mark.e2e
-def test_another_models_checkpoint_is_not_resumed(glue_dir, tmp_path, capsys):
+@pytest.mark.parametrize("named", [True, False], ids=["resume_from_checkpoint", "automatic"])
+def test_another_models_checkpoint_is_not_resumed(glue_dir, tmp_path, capsys, named):
+    """A complete-looking checkpoint of a 32-wide 2-layer BERT, resumed into the packaged MiniLM."""
     from test_cli_errors import checkpoint_with_labels
 
     out = tmp_path / "out"
     shape = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "id2label": {"0": "a", "1": "b"}}
-    checkpoint = checkpoint_with_labels(tmp_path, 2)  # complete-looking, of a 32-wide 2-layer BERT
+    checkpoint = checkpoint_with_labels(tmp_path, 2)
     (tmp_path / "other" / "checkpoint-5" / "config.json").write_text(json.dumps(shape))
-    result = in_process(tiny_rte(glue_dir, out, "--resume_from_checkpoint", checkpoint), capsys)
+    if named:
+        args = tiny_rte(glue_dir, out, "--resume_from_checkpoint", checkpoint)
+    else:  # an interrupted run's folder, rerun with another --model_name_or_path
+        shutil.copytree(tmp_path / "other", out)
+        args = tiny_rte(glue_dir, out)
+    result = in_process(args, capsys)
     message = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "was trained from another model (bert, hidden size 32, num hidden layers 2, 2 labels)" in message
     assert "(bert, hidden size 384, num hidden layers 6, 2 labels)" in message and "another --output_dir" in message
+    assert ("--resume_from_checkpoint" in message) == named
 
 
 def test_a_folder_whose_only_checkpoint_was_cut_short_is_named_once(glue_dir, tmp_path, capsys):
