@@ -190,8 +190,10 @@ def test_two_processes_record_the_one_process_margins_table(rte_histories, form)
     one, two = (pd.read_csv(rte_histories["out"] / f"margins{world}_{form}.csv") for world in (1, 2))
     assert one["seen"].tolist() == two["seen"].tolist() == [1] * 24  # 3 steps of 8, sequential
     assert one["label"].tolist() == two["label"].tolist()
+    # Absolute 1e-5: a margin near 0 keeps the float32 rounding of logits of size ~3 after 3 steps in another
+    # reduction order (seen: -0.000480 against -0.000477); a real disagreement is orders of magnitude larger.
     for column in ("aum", "logit_aum", "mean_loss", "confidence", "aum_epoch_1"):
-        pd.testing.assert_series_equal(one[column], two[column], rtol=1e-4, atol=1e-6)
+        pd.testing.assert_series_equal(one[column], two[column], rtol=1e-4, atol=1e-5)
     probs = [np.load(rte_histories["out"] / f"probs{world}_{form}.npy") for world in (1, 2)]
     np.testing.assert_allclose(probs[0], probs[1], rtol=1e-4, atol=1e-6)
 
