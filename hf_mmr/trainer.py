@@ -85,9 +85,8 @@ class MMRTrainer(Trainer):
         self.search_report: dict | None = None  # a search's trials and choice, shown in the model card
         self._attach_head()
         self.calibration_dataset = calibration_dataset
-        self.train_rows: list[int] | None = (
-            None  # the given training set's positions trained on, when a slice is held out
-        )
+        # With a calibration slice held out: the positions of the given training set that are trained on.
+        self.train_rows: list[int] | None = None
         self.temperature: float | None = None  # what the head was divided by, once calibrated
         self.calibration_report: dict[str, float] | None = None
         if self.args.calibrates:
