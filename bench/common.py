@@ -195,6 +195,7 @@ def fine_tune(
     model's evaluation logits (``record["dev_logits"]``, 4 decimals), for calibration analyses. With
     ``record_margins`` the record holds the per-example training table as columns (``record["train_margins"]``).
     """
+    import numpy as np
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -203,9 +204,8 @@ def fine_tune(
         set_seed,
     )
 
-    import numpy as np
-
     from hf_mmr import MMRTrainer, MMRTrainingArguments, default_model_dir
+    from hf_mmr.calibration import softmax
     from hf_mmr.metrics import glue_compute_metrics
 
     model_dir = default_model_dir()
@@ -294,8 +294,7 @@ def fine_tune(
         record.setdefault("predictions", {})[name] = output.predictions.argmax(axis=1).tolist()
     for name, dataset in (probabilities or {}).items():
         logits = trainer.predict(_tokenized(dataset, task_name, tokenizer, max_seq_length)).predictions
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        record.setdefault("probabilities", {})[name] = (probs / probs.sum(axis=1, keepdims=True)).round(5).tolist()
+        record.setdefault("probabilities", {})[name] = softmax(logits).round(5).tolist()
     if keep_dev_logits:
         record["dev_logits"] = trainer.predict(evaluation).predictions.round(4).tolist()
     if trainer.calibration_report is not None:

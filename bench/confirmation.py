@@ -85,12 +85,8 @@ def cross_fitted_calibration(logits: np.ndarray, labels: np.ndarray) -> dict:
     The set is split in two halves by a permutation with seed 0; T is fitted on each half and applied to
     the other, so no example is scored by a temperature fitted on it.
     """
-    from hf_mmr.calibration import fit_temperature
+    from hf_mmr.calibration import fit_temperature, softmax
     from hf_mmr.metrics import expected_calibration_error
-
-    def softmax(z: np.ndarray) -> np.ndarray:
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
 
     probs = softmax(logits)
     order = np.random.default_rng(0).permutation(len(labels))

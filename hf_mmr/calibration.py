@@ -54,10 +54,14 @@ def temperature_nll(logits: object, labels: object, temperature: float) -> float
 
 def _slope(z: np.ndarray, y: np.ndarray, beta: float) -> float:
     """d NLL / d beta at ``beta = 1/T``: the mean over examples of E_p[z] - z_y."""
-    scaled = beta * z
-    p = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    p = softmax(beta * z)
     return float(((p * z).sum(axis=1) - z[np.arange(len(y)), y]).mean())
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, shifted by each row's maximum to stay finite."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(logits: object, labels: object) -> float:

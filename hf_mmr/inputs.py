@@ -107,7 +107,7 @@ def parse_arguments(parser: Any, argv: list[str]) -> tuple:
         package = re.match(r"[A-Za-z0-9_.\-]*", requirement).group(0)
         setting = next((flag for flag in argv if flag.startswith("--") and package and package in flag), "a setting")
         raise MMRConfigError(
-            f"{setting} needs the package {package!r}, which is not installed: pip install \"{requirement}\", "
+            f'{setting} needs the package {package!r}, which is not installed: pip install "{requirement}", '
             f"or remove {setting}"
         ) from None
     except (ValueError, TypeError, RuntimeError, KeyError) as error:

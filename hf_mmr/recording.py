@@ -91,10 +91,11 @@ class MarginRecorder:
             logits, weight = logits.detach().double(), weight.detach().double()
             labels = labels.detach().long().to(logits.device)
             geometric, logit = label_margins(logits, weight, labels)
-            log_p = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+            log_probs = F.log_softmax(logits, dim=1)  # once: the label's loss and p, and the whole vector
+            log_p = log_probs.gather(1, labels[:, None]).squeeze(1)
             p = log_p.exp()
             per_example = [geometric, logit, -log_p, p, p * p, labels.double(), logits.argmax(dim=1).double()]
-            return torch.cat([torch.stack(per_example), F.softmax(logits, dim=1).T])
+            return torch.cat([torch.stack(per_example), log_probs.exp().T])
 
     def add(self, indices: torch.Tensor, values: torch.Tensor, epoch: int = 0) -> None:
         """Add ``values`` (from ``values``) of the examples at ``indices``, trained on in ``epoch`` (from 0);

@@ -16,7 +16,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import is_datasets_available
 
 from .arguments import MMRTrainingArguments
-from .calibration import check_calibration_labels, fit_temperature, fold_temperature, stratified_split, temperature_nll
+from .calibration import (
+    check_calibration_labels,
+    fit_temperature,
+    fold_temperature,
+    softmax,
+    stratified_split,
+    temperature_nll,
+)
 from .card import mmr_card_text
 from .collectives import gather_examples, global_max, sum_over_processes
 from .diagnostics import DiagnosticWindow
@@ -264,8 +271,8 @@ class MMRTrainer(Trainer):
             "calibration_examples": len(labels),
             "calibration_nll_before": temperature_nll(logits, labels, 1.0),
             "calibration_nll_after": temperature_nll(logits, labels, temperature),
-            "calibration_ece_before": expected_calibration_error(_softmax(logits), labels),
-            "calibration_ece_after": expected_calibration_error(_softmax(logits / temperature), labels),
+            "calibration_ece_before": expected_calibration_error(softmax(logits), labels),
+            "calibration_ece_after": expected_calibration_error(softmax(logits / temperature), labels),
         }
         self.calibration_report = report
         self.log(dict(report))
@@ -489,11 +496,6 @@ def _subset(dataset: Any, positions: list[int]) -> Any:
     if hasattr(dataset, "select"):
         return dataset.select(positions)
     return torch.utils.data.Subset(dataset, positions)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _datasets() -> Any:
