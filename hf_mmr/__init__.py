@@ -2,6 +2,7 @@
 
 from .arguments import MMRTrainingArguments
 from .errors import (
+    ArgumentsTypeError,
     CheckpointError,
     GlueDataError,
     HeadNotFoundError,
@@ -10,6 +11,7 @@ from .errors import (
     MMRError,
     NonFiniteLossError,
     RunFolderError,
+    UnknownTaskError,
 )
 from .head import FeatureCapture, find_classifier_head
 from .label_issues import find_label_issues
@@ -24,6 +26,7 @@ from .trainer import MMRTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentsTypeError",
     "CheckpointError",
     "FeatureCapture",
     "GlueDataError",
@@ -37,6 +40,7 @@ __all__ = [
     "NonFiniteLossError",
     "RunFolderError",
     "SaveOnSignal",
+    "UnknownTaskError",
     "default_model_dir",
     "expected_calibration_error",
     "find_classifier_head",

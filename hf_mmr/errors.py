@@ -11,12 +11,23 @@ class MMRConfigError(MMRError, ValueError):
     """A setting that cannot work; the message names the setting and what to change."""
 
 
+class ArgumentsTypeError(MMRConfigError, TypeError):
+    """An argument of the wrong type, such as plain ``TrainingArguments`` where ``MMRTrainingArguments`` is needed."""
+
+
 class HeadNotFoundError(MMRError, ValueError):
     """The model's logits do not come from a final ``nn.Linear`` that could be found."""
 
 
 class GlueDataError(MMRError, ValueError):
     """A GLUE task name, folder or TSV file that cannot be read; the message names the file and line."""
+
+
+class UnknownTaskError(GlueDataError, KeyError):
+    """A GLUE task (or metric) name that is not one of the known ones; the message lists them."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted, as a key
+        return str(self.args[0]) if self.args else ""
 
 
 class CheckpointError(MMRError, ValueError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import datasets
 
-from .errors import GlueDataError
+from .errors import GlueDataError, UnknownTaskError
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def get_task(name: str) -> GlueTask:
     """The task called ``name`` (case-insensitive), or a clear error listing the known ones."""
     task = TASKS.get(name.lower())
     if task is None:
-        raise GlueDataError(f"--task_name {name!r} is not a GLUE task; pick one of {', '.join(TASKS)}")
+        raise UnknownTaskError(f"--task_name {name!r} is not a GLUE task; pick one of {', '.join(TASKS)}")
     return task
 
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import MMRConfigError
+from .errors import MissingPackageError, MMRConfigError
 from .margins import MMR_FORMS
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def require_optuna() -> None:
     try:
         import optuna  # noqa: F401 - only whether it imports
     except ImportError:
-        raise ImportError(f"the MMR search needs optuna: {SEARCH_EXTRA}") from None
+        raise MissingPackageError(f"the MMR search needs optuna: {SEARCH_EXTRA}") from None
 
 
 def apply_setting(args: Any, setting: dict[str, Any]) -> Any:

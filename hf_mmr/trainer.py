@@ -27,7 +27,7 @@ from .calibration import (
 from .card import mmr_card_text
 from .collectives import gather_examples, global_max, sum_over_processes
 from .diagnostics import DiagnosticWindow
-from .errors import CheckpointError, HeadNotFoundError, MMRConfigError, NonFiniteLossError
+from .errors import ArgumentsTypeError, CheckpointError, HeadNotFoundError, MMRConfigError, NonFiniteLossError
 from .evaluation import EvalMargins
 from .head import FeatureCapture, HeadCall, find_classifier_head, logits_of
 from .margins import minimal_margin_scores, mmr_penalty, squared_radius
@@ -77,7 +77,7 @@ class MMRTrainer(Trainer):
     def __init__(self, *args: Any, calibration_dataset: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, MMRTrainingArguments):
-            raise TypeError("MMRTrainer needs MMRTrainingArguments (a drop-in replacement for TrainingArguments)")
+            raise ArgumentsTypeError("MMRTrainer needs MMRTrainingArguments (a drop-in replacement for TrainingArguments)")
         self.selection: SelectionMode = selection_mode(self)  # the one place mms_selection is read
         self.feature_capture: FeatureCapture | None = None
         self._head_checked = False
@@ -319,7 +319,7 @@ class MMRTrainer(Trainer):
         if not self._needs_indices:
             return super().get_train_dataloader()
         if self.train_dataset is None:
-            raise ValueError("Trainer: training requires a train_dataset.")
+            raise MMRConfigError("training needs a train_dataset: pass train_dataset to MMRTrainer")
         dataset = self.train_dataset
         if is_datasets_available() and isinstance(dataset, _datasets().Dataset):  # datasets is optional here
             dataset = self._remove_unused_columns(dataset, description="training")

@@ -182,5 +182,5 @@ def test_regression_and_multi_label_are_refused(tmp_path, num_labels, problem_ty
 
 
 def test_needs_mmr_training_arguments(tmp_path):
-    with pytest.raises(TypeError, match="MMRTrainingArguments"):
+    with pytest.raises(TypeError, match="MMRTrainingArguments"):  # ArgumentsTypeError (tests/test_errors.py)
         MMRTrainer(model=tiny_model("bert"), args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))

@@ -3,6 +3,7 @@
 import datasets
 import evaluate
 
+from hf_mmr.errors import UnknownTaskError
 from hf_mmr.metrics import glue_scores
 
 _CONFIGS = (
@@ -29,7 +30,7 @@ class GlueMetric(evaluate.Metric):
 
     def _info(self) -> evaluate.MetricInfo:
         if self.config_name not in _CONFIGS:
-            raise KeyError(f"unknown GLUE metric config {self.config_name!r}; pick one of {', '.join(_CONFIGS)}")
+            raise UnknownTaskError(f"unknown GLUE metric config {self.config_name!r}; pick one of {', '.join(_CONFIGS)}")
         dtype = "float32" if self.config_name in ("stsb", "mse") else "int64"
         return evaluate.MetricInfo(
             description=__doc__,
