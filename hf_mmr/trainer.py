@@ -77,7 +77,9 @@ class MMRTrainer(Trainer):
     def __init__(self, *args: Any, calibration_dataset: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, MMRTrainingArguments):
-            raise ArgumentsTypeError("MMRTrainer needs MMRTrainingArguments (a drop-in replacement for TrainingArguments)")
+            raise ArgumentsTypeError(
+                "MMRTrainer needs MMRTrainingArguments (a drop-in replacement for TrainingArguments)"
+            )
         self.selection: SelectionMode = selection_mode(self)  # the one place mms_selection is read
         self.feature_capture: FeatureCapture | None = None
         self._head_checked = False

@@ -30,7 +30,9 @@ class GlueMetric(evaluate.Metric):
 
     def _info(self) -> evaluate.MetricInfo:
         if self.config_name not in _CONFIGS:
-            raise UnknownTaskError(f"unknown GLUE metric config {self.config_name!r}; pick one of {', '.join(_CONFIGS)}")
+            raise UnknownTaskError(
+                f"unknown GLUE metric config {self.config_name!r}; pick one of {', '.join(_CONFIGS)}"
+            )
         dtype = "float32" if self.config_name in ("stsb", "mse") else "int64"
         return evaluate.MetricInfo(
             description=__doc__,
