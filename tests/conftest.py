@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -147,9 +148,13 @@ def search_two_trials(output_dir, **settings):
 
 
 def run_worker(main, *args):
-    """Run a distributed test worker's ``main`` on one thread, then shut its process group down cleanly
-    (without it, gloo's threads can abort the exit after the work is done)."""
+    """Run a distributed test worker's ``main`` on one thread, shut its process group down, and leave without
+    running the interpreter's teardown: gloo's threads can still abort it ("terminate called without an active
+    exception") after the work is done and written, which would fail a finished run."""
     torch.set_num_threads(1)
     main(*args)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
