@@ -15,21 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import datasets
 import numpy as np
 import transformers
-from datasets import load_dataset
 from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
     default_data_collator,
@@ -37,13 +30,23 @@ from transformers import (
 )
 
 from hf_mmr import MMRTrainer, MMRTrainingArguments
-from hf_mmr.errors import CheckpointError, MMRError, NonFiniteLossError
-from hf_mmr.glue import TASKS, get_task, load_glue_tsv, split_path
-from hf_mmr.inputs import check_input_file, parse_arguments
+from hf_mmr.compat import group_flags, set_choices
+from hf_mmr.errors import CheckpointError, MMRError, NonFiniteLossError, UsageError
+from hf_mmr.glue import TASKS, get_task
+from hf_mmr.inputs import (
+    TOKENIZER_FILES,
+    check_data_arguments,
+    check_folder_to_write,
+    check_local_folder,
+    drop_or_refuse_missing_text,
+    parse_arguments,
+)
 from hf_mmr.labels import read_labels
+from hf_mmr.loading import hub_reachable, load_pretrained, load_raw_datasets, split_sources
 from hf_mmr.margins import MMR_FORMS
 from hf_mmr.metrics import glue_compute_metrics, main_metric
 from hf_mmr.model import DEFAULT_MODEL_HUB_NAME, default_model_dir
+from hf_mmr.modes import MODES, check_selection, mode_class, selection_help
 from hf_mmr.outputs import check_output_folder
 from hf_mmr.outputs import record as record_outputs
 from hf_mmr.recovery import (
@@ -54,13 +57,9 @@ from hf_mmr.recovery import (
     last_complete_checkpoint,
     model_mismatch,
 )
-from hf_mmr.search import LAMBDA_RANGE, apply_setting, make_mmr_hp_space, require_optuna, search_mmr_setting
+from hf_mmr.search import LAMBDA_RANGE, apply_setting, make_mmr_hp_space, search_mmr_setting
 
 logger = logging.getLogger(__name__)
-
-
-class UsageError(MMRError, ValueError):
-    """A command-line input that cannot work; reported in one line, without a traceback."""
 
 
 @dataclass
@@ -158,67 +157,9 @@ class DataTrainingArguments:
     def __post_init__(self) -> None:
         if self.glue_dir is None and self.task_name is not None and os.environ.get("GLUE_DIR"):
             self.glue_dir = os.environ["GLUE_DIR"]  # as transformers' original GLUE examples read it
-        if self.mmr_search_trials < 0:
-            raise UsageError(f"--mmr_search_trials must be >= 0, got {self.mmr_search_trials}")
-        if self.mmr_search_trials:
-            try:
-                require_optuna()
-            except ImportError as error:
-                raise UsageError(f"--mmr_search_trials: {error}") from None
-        if not 0 < self.mmr_search_heldout_fraction < 1:
-            raise UsageError(f"--mmr_search_heldout_fraction must be in (0, 1), got {self.mmr_search_heldout_fraction}")
-        for value in self.mmr_search_detach_radius:
-            if value.lower() not in ("false", "true"):
-                raise UsageError(f"--mmr_search_detach_radius takes false and/or true, got {value!r}")
-        try:
-            make_mmr_hp_space((self.mmr_search_lambda_min, self.mmr_search_lambda_max), self.mmr_search_forms, [False])
-        except ValueError as error:
-            raise UsageError(f"--mmr_search_lambda_min/max or --mmr_search_forms: {error}") from None
+        check_data_arguments(self)
         if self.task_name is not None:
-            get_task(self.task_name)  # fails with the list of known tasks
             self.task_name = self.task_name.lower()
-        elif self.glue_dir is not None:
-            raise UsageError("--glue_dir needs --task_name to know which task folder to read")
-        elif self.dataset_name is None and (self.train_file is None or self.validation_file is None):
-            raise UsageError("need --task_name, --dataset_name, or both --train_file and --validation_file")
-        for flag in ("max_seq_length", "max_train_samples", "max_eval_samples", "max_predict_samples"):
-            value = getattr(self, flag)
-            if value is not None and value < 1:
-                raise UsageError(f"--{flag} must be >= 1, got {value}")
-        for flag in ("train_file", "validation_file", "test_file"):
-            path = getattr(self, flag)
-            if path is None:
-                continue
-            if os.path.isdir(path):
-                raise UsageError(f"--{flag} {path!r} is a folder; name a .csv, .json or .jsonl file")
-            if path.rsplit(".", 1)[-1] not in ("csv", "json", "jsonl"):
-                raise UsageError(f"--{flag} {path!r} must be a .csv, .json or .jsonl file")
-            check_input_file(f"--{flag}", path)
-            if not has_rows(path):
-                raise UsageError(f"--{flag} {path} has no rows")
-
-
-def has_rows(path: str) -> bool:
-    """Whether a CSV file has a line after its header, or a JSON file holds any record."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        if path.endswith(".csv"):
-            return sum(1 for line in handle if line.strip()) > 1
-        return handle.read().strip() not in ("", "[]", "{}")
-
-
-# A folder holds a tokenizer if it has one of these (save_pretrained writes the first two).
-TOKENIZER_FILES = (
-    "tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model"
-)  # fmt: skip
-
-
-def check_local_folder(flag: str, source: str, needs: tuple[str, ...]) -> None:
-    """A local folder given for a model, config or tokenizer must hold one of the files that loading it reads."""
-    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, name)) for name in needs):
-        raise UsageError(
-            f"{flag} {source!r} is a folder without {' or '.join(needs[:2])}; "
-            "point it at a folder written by save_pretrained"
-        )
 
 
 @dataclass
@@ -276,46 +217,21 @@ class ModelArguments:
 
 def group_mmr_flags(parser: HfArgumentParser) -> None:
     """``--help`` lists the MMR, MMS and margin-recording flags under their own heading, before the Trainer's."""
-    group = parser.add_argument_group("hf-mmr: MMR, MMS selection, margin recording, calibration, MMR search")
-    for action in parser._actions:
-        if action.dest.startswith(("mmr_", "mms_", "calibration")) or action.dest == "record_margins":
-            for other in parser._action_groups:
-                if other is not group and action in other._group_actions:
-                    other._group_actions.remove(action)
-            group._group_actions.append(action)
-    parser._action_groups.insert(1, parser._action_groups.pop())  # after the positional arguments
+    group_flags(
+        parser,
+        "hf-mmr: MMR, MMS selection, margin recording, calibration, MMR search",
+        lambda dest: dest.startswith(("mmr_", "mms_", "calibration")) or dest == "record_margins",
+    )
 
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, MMRTrainingArguments]:
     """Flags, or a JSON/YAML file as the first argument followed by flags that override it."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MMRTrainingArguments))
+    set_choices(parser, "mms_selection", list(MODES), selection_help())  # the registered modes
     group_mmr_flags(parser)
-    return parse_arguments(parser, argv)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub (``HF_ENDPOINT``, huggingface.co by default) answers within seconds: no minute of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def check_folder_to_write(path: str, flag: str) -> None:
-    """Fail in one line, before any data is read, unless ``path`` is or can become a folder we may write into."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):  # the nearest part of the path that exists decides
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        where = "is a file" if probe == os.path.abspath(path) else f"lies below {probe!r}, which is a file"
-        raise UsageError(f"{flag} {path!r} {where}; name a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path!r} cannot be written ({probe!r} is not writable); choose another folder")
+    model_args, data_args, training_args = parse_arguments(parser, argv)
+    check_selection(training_args)
+    return model_args, data_args, training_args
 
 
 def check_output_dir(
@@ -334,7 +250,7 @@ def check_output_dir(
         f"--{flag}": getattr(model_args, flag) for flag in ("model_name_or_path", "config_name", "tokenizer_name")
     }
     check_output_folder(output_dir, loaded, data_args.overwrite_output_dir)
-    required = training_args.checkpoint_files
+    required = mode_class(training_args.mms_selection).checkpoint_files
     if training_args.resume_from_checkpoint is not None:
         checkpoint = training_args.resume_from_checkpoint
         if not os.path.isdir(checkpoint):
@@ -363,140 +279,6 @@ def check_output_dir(
         "train from scratch."
     )
     return last_checkpoint
-
-
-def load_raw_datasets(
-    model_args: ModelArguments, data_args: DataTrainingArguments, training_args: MMRTrainingArguments, online: bool
-) -> datasets.DatasetDict:
-    """The task's splits: from --glue_dir, from local files, or from the Hub."""
-    if data_args.task_name is not None and data_args.glue_dir is not None:
-        logger.warning(f"Reading {data_args.task_name} from the GLUE TSV files in {data_args.glue_dir}")
-        task = get_task(data_args.task_name)
-        splits = []
-        if training_args.do_train:
-            splits.append("train")
-        if training_args.do_eval:
-            splits += task.eval_splits
-        if training_args.do_predict:
-            splits += task.test_splits
-        return load_glue_tsv(data_args.glue_dir, data_args.task_name, splits)
-    if data_args.task_name is not None or data_args.dataset_name is not None:
-        name = "nyu-mll/glue" if data_args.task_name is not None else data_args.dataset_name
-        if not online:
-            raise UsageError(
-                f"the Hub cannot be reached to download {name!r}; pass --glue_dir DIR with the original GLUE TSV "
-                "files, or --train_file and --validation_file"
-            )
-        config_name = data_args.task_name or data_args.dataset_config_name
-        logger.warning(f"Downloading {name} {config_name or ''} from the Hub")
-        return load_dataset(name, config_name, cache_dir=model_args.cache_dir, token=model_args.token)
-    data_files = {"train": data_args.train_file, "validation": data_args.validation_file}
-    if training_args.do_predict:
-        if data_args.test_file is None:
-            raise UsageError("--do_predict needs a GLUE --task_name or a --test_file")
-        data_files["test"] = data_args.test_file
-    builder = "csv" if data_args.train_file.endswith(".csv") else "json"
-    try:
-        raw = load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir)
-    except Exception as error:  # noqa: BLE001 - datasets raises many types here; each means an unreadable file
-        cause = error.__cause__ or error
-        raise UsageError(
-            f"cannot read {', '.join(data_files.values())} as {builder}: {cause}".splitlines()[0]
-        ) from None
-    for split, dataset in raw.items():
-        if split != "test" and "label" not in dataset.column_names:
-            raise UsageError(f"{data_files[split]} has no 'label' column")
-    return raw
-
-
-def cannot_load(flag: str, source: str, error: Exception, online: bool) -> UsageError:
-    """The one line for a model, config or tokenizer that did not load: why, or that the Hub cannot be reached."""
-    if online or os.path.isdir(source):
-        return UsageError(f"cannot load {flag} {source!r}: {str(error).splitlines()[0]}")
-    return UsageError(
-        f"{flag} {source!r} is not a local folder and the Hub cannot be reached; "
-        "pass a local model path, or leave the flag out for the packaged MiniLM"
-    )
-
-
-def load_pretrained(
-    model_args: ModelArguments, num_labels: int, task_name: str | None, online: bool
-) -> tuple[Any, Callable[[], Any]]:
-    """Tokenizer, and a function that loads the model (again for every search trial); a Hub name that cannot be
-    reached fails at once with what to do instead."""
-    common = {
-        "cache_dir": model_args.cache_dir,
-        "revision": model_args.model_revision,
-        "token": model_args.token,
-        "trust_remote_code": model_args.trust_remote_code,
-        "local_files_only": not online,
-    }
-    config_flag, config_source = model_args.source("config")
-    tokenizer_flag, tokenizer_source = model_args.source("tokenizer")
-    try:
-        config = AutoConfig.from_pretrained(config_source, num_labels=num_labels, finetuning_task=task_name, **common)
-    except (OSError, ValueError) as error:
-        raise cannot_load(config_flag, config_source, error, online) from None
-    # The model's config, already loaded, tells AutoTokenizer its class (instead of loading and logging it again).
-    same_folder = {"config": config} if not model_args.tokenizer_name else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_source, use_fast=model_args.use_fast_tokenizer, **same_folder, **common
-        )
-    except (OSError, ValueError) as error:
-        raise cannot_load(tokenizer_flag, tokenizer_source, error, online) from None
-
-    def load_model() -> Any:
-        try:
-            return AutoModelForSequenceClassification.from_pretrained(
-                model_args.model_name_or_path,
-                config=config,
-                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-                **common,
-            )
-        except OSError as error:
-            raise UsageError(
-                f"cannot load the model weights of --model_name_or_path {model_args.model_name_or_path!r}: "
-                + str(error).splitlines()[0]
-            ) from None
-
-    return tokenizer, load_model
-
-
-def split_sources(data_args: DataTrainingArguments, raw: datasets.DatasetDict) -> dict[str, str]:
-    """Where each split was read from, for error messages: a file, or the Hub dataset and split."""
-    if data_args.task_name is not None and data_args.glue_dir is not None:
-        task = get_task(data_args.task_name)
-        return {split: split_path(data_args.glue_dir, task, split) for split in raw}
-    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
-    name = "nyu-mll/glue" if data_args.task_name else data_args.dataset_name
-    return {split: files.get(split) or f"{name} ({split} split)" for split in raw}
-
-
-def first_row(column: list, bad: Callable[[Any], bool]) -> int | None:
-    """The 1-based data row of the first value for which ``bad`` holds."""
-    return next((row for row, value in enumerate(column, start=1) if bad(value)), None)
-
-
-def drop_or_refuse_missing_text(
-    raw: datasets.DatasetDict, columns: list[str], sources: dict[str, str], drop: bool
-) -> datasets.DatasetDict:
-    """Stop at the first missing text cell, naming file, row and column; or drop such rows, saying how many."""
-    for split, dataset in raw.items():
-        for column in columns:
-            row = first_row(dataset[column], lambda value: value is None)
-            if row is None:
-                continue
-            if not drop:
-                raise UsageError(
-                    f"{sources[split]}: row {row} has no text in column {column!r}; fill it in, or pass "
-                    "--drop_rows_with_missing_text to drop such rows"
-                )
-            before = len(raw[split])
-            raw[split] = raw[split].filter(lambda example: all(example[c] is not None for c in columns))
-            logger.warning(f"Dropped {before - len(raw[split])} rows with missing text from {sources[split]}")
-            break
-    return raw
 
 
 def close_progress_bars() -> None:
@@ -575,7 +357,8 @@ def run(argv: list[str]) -> None:
         raise UsageError(
             f"{sources['train']} has one class only ({label_list[0]!r}); a classifier needs examples of at least two"
         )
-    training_args.check_model(num_labels, "regression" if is_regression else None)
+    mode = mode_class(training_args.mms_selection)
+    training_args.check_model(num_labels, "regression" if is_regression else None, mode.uses_margins)
 
     tokenizer, load_model = load_pretrained(model_args, num_labels, data_args.task_name, online)
     model = load_model()

@@ -10,6 +10,7 @@ from .errors import (
     MMRConfigError,
     MMRError,
     NonFiniteLossError,
+    ResumeMismatchError,
     RunFolderError,
     UnknownTaskError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "MarginRecorder",
     "MissingPackageError",
     "NonFiniteLossError",
+    "ResumeMismatchError",
     "RunFolderError",
     "SaveOnSignal",
     "UnknownTaskError",

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import math
-import operator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from transformers import TrainingArguments
 
+from .checks import check_number, is_finite_number
 from .errors import MMRConfigError
 from .margins import MMR_FORMS
-from .modes import MODES
 
-MMS_SELECTIONS = tuple(MODES)  # "none", "select", "cached"
 CALIBRATIONS = ("none", "temperature")
 
 # TrainingArguments' numbers that run_glue users set, and what each must be (checked before the
@@ -72,14 +69,11 @@ class MMRTrainingArguments(TrainingArguments):
             "Default: found automatically."
         },
     )
-    mms_selection: Literal["none", "select", "cached"] = field(
+    mms_selection: str = field(
         default="none",
         metadata={
-            "help": "How training examples are chosen by minimal margin score (MMS): 'none' (the Trainer's uniform "
-            "sampler), 'select' (each step trains on the batch with the smallest MMS among mms_pool_factor times as "
-            "many candidates, scored by an extra forward pass) or 'cached' (MMS recorded from the training forward "
-            "pass; each later epoch skips part of the large-MMS examples and up-weights the rest, so it has fewer "
-            "steps)."
+            "help": "How training examples are chosen by minimal margin score (MMS): the name of a selection mode "
+            "registered in hf_mmr.modes ('none' = the Trainer's uniform sampler); --help lists them all."
         },
     )
     # The cheapest pool measured: r = 4 and 10 cost 2.24x uniform's seconds per step on SST-2 against 1.54x,
@@ -153,12 +147,12 @@ class MMRTrainingArguments(TrainingArguments):
         _check_training_numbers(self)
         if self.mmr_lambda_start is None:
             self.mmr_lambda_start = self.mmr_lambda
-        _check_number(self, "mmr_lambda", at_least=0)
-        _check_number(self, "mmr_lambda_start", at_least=0)
-        _check_number(self, "mmr_lambda_warmup_ratio", at_least=0, at_most=1)
+        check_number(self, "mmr_lambda", at_least=0)
+        check_number(self, "mmr_lambda_start", at_least=0)
+        check_number(self, "mmr_lambda_warmup_ratio", at_least=0, at_most=1)
         if self.mmr_form not in MMR_FORMS:
             raise MMRConfigError(f"--mmr_form must be one of {', '.join(MMR_FORMS)}, got {self.mmr_form!r}")
-        _check_number(self, "mmr_top_k", integer=True, at_least=1)
+        check_number(self, "mmr_top_k", integer=True, at_least=1)
         if self.mmr_head is not None and not (isinstance(self.mmr_head, str) and self.mmr_head.strip()):
             raise MMRConfigError(
                 f"--mmr_head must be a module path such as 'classifier', or left unset; got {self.mmr_head!r}"
@@ -166,29 +160,24 @@ class MMRTrainingArguments(TrainingArguments):
         for name in ("mmr_detach_radius", "record_margins"):  # a string such as "false" would read as True
             if not isinstance(getattr(self, name), bool):
                 raise MMRConfigError(f"--{name} must be True or False, got {getattr(self, name)!r}")
-        if self.mms_selection not in MMS_SELECTIONS:
-            raise MMRConfigError(
-                f"--mms_selection must be one of {', '.join(MMS_SELECTIONS)}, got {self.mms_selection!r}"
-            )
-        _check_number(self, "mms_pool_factor", integer=True, at_least=1)
-        _check_number(self, "mms_scoring_batch_size", integer=True, at_least=1, optional=True)
-        _check_number(self, "mms_warmup_steps", integer=True, at_least=0)
-        _check_number(self, "mms_anneal_epochs", at_least=0)
-        _check_number(self, "mms_keep_quantile", above=0, below=1)
-        _check_number(self, "mms_keep_fraction", above=0, below=1)
+        if not isinstance(self.mms_selection, str):
+            raise MMRConfigError(f"--mms_selection must be a mode's name, got {self.mms_selection!r}")
+        # The mode's name and the mms_* settings are checked by the modes themselves (hf_mmr.modes.check_selection),
+        # when MMRTrainer is built and when the script parses its flags.
         if self.calibration not in CALIBRATIONS:
             raise MMRConfigError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
-        _check_number(self, "calibration_split", above=0, at_most=0.5)
+        check_number(self, "calibration_split", above=0, at_most=0.5)
         super().__post_init__()
         if self.dataloader_pin_memory and torch.accelerator.current_accelerator() is None:
             # Pinned memory only speeds copies to an accelerator; without one torch warns at every DataLoader.
             self.dataloader_pin_memory = False
 
-    def check_model(self, num_labels: int, problem_type: str | None = None) -> None:
-        """Fail clearly if these settings cannot work with a model of ``num_labels`` outputs and ``problem_type``."""
+    def check_model(self, num_labels: int, problem_type: str | None = None, mode_uses_margins: bool = False) -> None:
+        """Fail clearly if these settings cannot work with a model of ``num_labels`` outputs and ``problem_type``
+        (``mode_uses_margins``: whether the selection mode scores examples by their margins)."""
         if num_labels < 2 or problem_type in ("regression", "multi_label_classification"):
             kind = problem_type or "regression"
-            if self.uses_margins:
+            if self.mmr_enabled or mode_uses_margins:
                 raise MMRConfigError(
                     f"MMR and MMS sampling need single-label classification, but this model is set up for {kind}; "
                     "use --mmr_lambda 0 and --mms_selection none"
@@ -205,24 +194,9 @@ class MMRTrainingArguments(TrainingArguments):
             raise MMRConfigError(f"--mmr_top_k must be <= num_labels - 1 = {num_labels - 1}, got {self.mmr_top_k}")
 
     @property
-    def checkpoint_files(self) -> tuple[str, ...]:
-        """The files a checkpoint of this run must hold to be resumed exactly, beyond the Trainer's own."""
-        return MODES[self.mms_selection].checkpoint_files  # the mode owns its checkpoint state
-
-    @property
-    def uses_margins(self) -> bool:
-        """Whether training needs the head's features: MMR is on or the selection mode scores examples."""
-        return self.mmr_enabled or MODES[self.mms_selection].uses_margins
-
-    @property
     def calibrates(self) -> bool:
         """Whether a temperature is fitted and folded into the head after training."""
         return self.calibration != "none"
-
-    @property
-    def needs_head(self) -> bool:
-        """Whether the classifier head must be found: training uses its features, or calibration folds into it."""
-        return self.uses_margins or self.calibrates
 
     @property
     def mmr_enabled(self) -> bool:
@@ -237,65 +211,22 @@ class MMRTrainingArguments(TrainingArguments):
         return float(self.mmr_lambda_start + (self.mmr_lambda - self.mmr_lambda_start) * step / ramp_steps)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_number(
-    args: object,
-    name: str,
-    *,
-    integer: bool = False,
-    at_least: float | None = None,
-    above: float | None = None,
-    at_most: float | None = None,
-    below: float | None = None,
-    optional: bool = False,
-) -> None:
-    """One line naming the flag unless ``args.<name>`` is an integer (or a finite number) within the bounds given."""
-    value = getattr(args, name)
-    if optional and value is None:
-        return
-    fits = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
-    fits = fits and all(
-        bound is None or compare(value, bound)
-        for bound, compare in (
-            (at_least, operator.ge),
-            (above, operator.gt),
-            (at_most, operator.le),
-            (below, operator.lt),
-        )
-    )
-    if fits:
-        return
-    low = f"[{at_least:g}" if at_least is not None else f"({above:g}" if above is not None else None
-    high = f"{at_most:g}]" if at_most is not None else f"{below:g})" if below is not None else None
-    kind = "an integer" if integer else "a finite number"
-    if low and high:
-        bounds = f"{kind} in {low}, {high}"
-    else:
-        bounds = f"{kind} " + (
-            f">= {at_least:g}" if at_least is not None else f"> {above:g}" if above is not None else ""
-        )
-    raise MMRConfigError(f"--{name} must be {bounds.strip()}, got {value!r}")
-
-
 def _check_training_numbers(args: TrainingArguments) -> None:
     """One clear error, naming the flag, for a batch size, step count, rate or ratio that cannot work."""
     for name in POSITIVE_INTEGERS:
-        _check_number(args, name, integer=True, at_least=1)
+        check_number(args, name, integer=True, at_least=1)
     for name in POSITIVE_NUMBERS:
-        _check_number(args, name, above=0)
+        check_number(args, name, above=0)
     for name in NON_NEGATIVE_NUMBERS:
-        _check_number(args, name, at_least=0)
+        check_number(args, name, at_least=0)
     if not (isinstance(args.max_steps, int) and (args.max_steps > 0 or args.max_steps == -1)):
         raise MMRConfigError(
             f"--max_steps must be a positive integer, or -1 to train --num_train_epochs; got {args.max_steps!r}"
         )
     for name in STEP_INTERVALS:
         value = getattr(args, name)
-        if value is not None and not (_is_number(value) and value > 0):
+        if value is not None and not (is_finite_number(value) and value > 0):
             raise MMRConfigError(
                 f"--{name} must be > 0 (an integer, or a fraction of the training steps), got {value!r}"
             )
-    _check_number(args, "label_smoothing_factor", at_least=0, below=1)
+    check_number(args, "label_smoothing_factor", at_least=0, below=1)

@@ -11,6 +11,10 @@ class MMRConfigError(MMRError, ValueError):
     """A setting that cannot work; the message names the setting and what to change."""
 
 
+class UsageError(MMRConfigError):
+    """A command-line input of run_glue_mmr.py that cannot work (a flag, a file, a folder); one line, no traceback."""
+
+
 class ArgumentsTypeError(MMRConfigError, TypeError):
     """An argument of the wrong type, such as plain ``TrainingArguments`` where ``MMRTrainingArguments`` is needed."""
 
@@ -32,6 +36,10 @@ class UnknownTaskError(GlueDataError, KeyError):
 
 class CheckpointError(MMRError, ValueError):
     """A checkpoint that cannot be resumed (damaged, incomplete, or of other data); the message names the file."""
+
+
+class ResumeMismatchError(CheckpointError):
+    """A checkpoint resumed with other training data or settings than the run that saved it."""
 
 
 class NonFiniteLossError(MMRError, RuntimeError):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .head import HeadCall
-from .margins import margin_summary, minimal_margin_scores
+from .margins import is_class_labels, margin_summary, minimal_margin_scores
 from .metrics import expected_calibration_error, negative_log_likelihood
 
 
@@ -33,8 +33,7 @@ class EvalMargins:
             h, weight = call.features.detach().float(), call.weight.detach().float()
             logits = F.linear(h, weight, None if call.bias is None else call.bias.float())
             parts = {"mms": minimal_margin_scores(logits, weight), "norm": h.norm(dim=1)}
-            single_label = isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.is_floating_point()
-            if single_label and logits.shape[1] > 1:
+            if is_class_labels(labels) and logits.shape[1] > 1:
                 parts.update(probs=logits.softmax(dim=1), labels=labels.to(logits.device))
                 if self.temperature is not None:
                     parts["probs_uncalibrated"] = (logits * self.temperature).softmax(dim=1)

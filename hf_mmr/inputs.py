@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import stat
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
+import datasets
 import yaml
 
-from .errors import MMRConfigError
+from .compat import parser_destinations
+from .errors import MMRConfigError, UsageError
+from .glue import get_task
+from .search import make_mmr_hp_space, require_optuna
+
+logger = logging.getLogger(__name__)
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -98,7 +106,7 @@ def parse_arguments(parser: Any, argv: list[str]) -> tuple:
     wrong with a value; a missing package (DeepSpeed for ``deepspeed``) names the setting and what to install.
     """
     if argv and argv[0].endswith(CONFIG_SUFFIXES):
-        known = {action.dest for action in parser._actions}  # argparse keeps the destinations only here
+        known = parser_destinations(parser)
         argv = read_config_file(argv[0], known, tuple(parser.dataclass_types)) + argv[1:]
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
@@ -208,3 +216,106 @@ def config_to_flags(values: dict) -> list[str]:
         else:
             flags.append(str(value))
     return flags
+
+
+def has_rows(path: str) -> bool:
+    """Whether a CSV file has a line after its header, or a JSON file holds any record."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        if path.endswith(".csv"):
+            return sum(1 for line in handle if line.strip()) > 1
+        return handle.read().strip() not in ("", "[]", "{}")
+
+
+# A folder holds a tokenizer if it has one of these (save_pretrained writes the first two).
+TOKENIZER_FILES = (
+    "tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model"
+)  # fmt: skip
+
+
+def check_local_folder(flag: str, source: str, needs: tuple[str, ...]) -> None:
+    """A local folder given for a model, config or tokenizer must hold one of the files that loading it reads."""
+    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, name)) for name in needs):
+        raise UsageError(
+            f"{flag} {source!r} is a folder without {' or '.join(needs[:2])}; "
+            "point it at a folder written by save_pretrained"
+        )
+
+
+def check_folder_to_write(path: str, flag: str) -> None:
+    """Fail in one line, before any data is read, unless ``path`` is or can become a folder we may write into."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):  # the nearest part of the path that exists decides
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        where = "is a file" if probe == os.path.abspath(path) else f"lies below {probe!r}, which is a file"
+        raise UsageError(f"{flag} {path!r} {where}; name a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path!r} cannot be written ({probe!r} is not writable); choose another folder")
+
+
+def check_data_arguments(args: Any) -> None:
+    """run_glue_mmr.py's data and search flags: one line naming the flag for a value that cannot work, and every
+    data file checked (a folder, a wrong extension, unreadable, not UTF-8, no rows) before anything is loaded."""
+    if args.mmr_search_trials < 0:
+        raise UsageError(f"--mmr_search_trials must be >= 0, got {args.mmr_search_trials}")
+    if args.mmr_search_trials:
+        try:
+            require_optuna()
+        except ImportError as error:
+            raise UsageError(f"--mmr_search_trials: {error}") from None
+    if not 0 < args.mmr_search_heldout_fraction < 1:
+        raise UsageError(f"--mmr_search_heldout_fraction must be in (0, 1), got {args.mmr_search_heldout_fraction}")
+    for value in args.mmr_search_detach_radius:
+        if value.lower() not in ("false", "true"):
+            raise UsageError(f"--mmr_search_detach_radius takes false and/or true, got {value!r}")
+    try:
+        make_mmr_hp_space((args.mmr_search_lambda_min, args.mmr_search_lambda_max), args.mmr_search_forms, [False])
+    except ValueError as error:
+        raise UsageError(f"--mmr_search_lambda_min/max or --mmr_search_forms: {error}") from None
+    if args.task_name is not None:
+        get_task(args.task_name)  # fails with the list of known tasks
+    elif args.glue_dir is not None:
+        raise UsageError("--glue_dir needs --task_name to know which task folder to read")
+    elif args.dataset_name is None and (args.train_file is None or args.validation_file is None):
+        raise UsageError("need --task_name, --dataset_name, or both --train_file and --validation_file")
+    for flag in ("max_seq_length", "max_train_samples", "max_eval_samples", "max_predict_samples"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} must be >= 1, got {value}")
+    for flag in ("train_file", "validation_file", "test_file"):
+        path = getattr(args, flag)
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            raise UsageError(f"--{flag} {path!r} is a folder; name a .csv, .json or .jsonl file")
+        if path.rsplit(".", 1)[-1] not in ("csv", "json", "jsonl"):
+            raise UsageError(f"--{flag} {path!r} must be a .csv, .json or .jsonl file")
+        check_input_file(f"--{flag}", path)
+        if not has_rows(path):
+            raise UsageError(f"--{flag} {path} has no rows")
+
+
+def first_row(column: list, bad: Callable[[Any], bool]) -> int | None:
+    """The 1-based data row of the first value for which ``bad`` holds."""
+    return next((row for row, value in enumerate(column, start=1) if bad(value)), None)
+
+
+def drop_or_refuse_missing_text(
+    raw: datasets.DatasetDict, columns: list[str], sources: dict[str, str], drop: bool
+) -> datasets.DatasetDict:
+    """Stop at the first missing text cell, naming file, row and column; or drop such rows, saying how many."""
+    for split, dataset in raw.items():
+        for column in columns:
+            row = first_row(dataset[column], lambda value: value is None)
+            if row is None:
+                continue
+            if not drop:
+                raise UsageError(
+                    f"{sources[split]}: row {row} has no text in column {column!r}; fill it in, or pass "
+                    "--drop_rows_with_missing_text to drop such rows"
+                )
+            before = len(raw[split])
+            raw[split] = raw[split].filter(lambda example: all(example[c] is not None for c in columns))
+            logger.warning(f"Dropped {before - len(raw[split])} rows with missing text from {sources[split]}")
+            break
+    return raw

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .checks import is_number
 from .errors import MMRConfigError
 
 LABEL = "label"
@@ -40,10 +41,6 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
@@ -66,7 +63,7 @@ def read_labels(raw: Any, sources: dict[str, str], do_regression: bool | None) -
             if row is not None:
                 raise MMRConfigError(f"{sources[split]}: row {row} has no label; fill it in, or remove the row")
         values[split] = [None if _missing(cell) else _canonical(cell) for cell in cells]
-    numbers = [(s, v) for s, column in values.items() for v in column if _is_number(v)]
+    numbers = [(s, v) for s, column in values.items() for v in column if is_number(v)]
     words = [(s, v) for s, column in values.items() for v in column if isinstance(v, str)]
     if numbers and words:
         (number_split, number), (word_split, word) = numbers[0], words[0]

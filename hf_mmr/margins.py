@@ -38,6 +38,7 @@ This module is pure: tensors in, tensors out.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -50,6 +51,12 @@ DISTANCE_EPS = 1e-8
 # decision boundary gives a large but finite penalty instead of inf.
 MARGIN_EPS = 1e-6
 MMR_FORMS = ("weights", "margin")
+
+
+def is_class_labels(labels: Any) -> bool:
+    """Whether ``labels`` hold one integer class per example (single-label classification), which the
+    margins of the given label and the class probabilities' scores need."""
+    return isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.is_floating_point()
 
 
 def _full_precision(*tensors: torch.Tensor) -> list[torch.Tensor]:

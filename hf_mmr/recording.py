@@ -122,24 +122,12 @@ class MarginRecorder:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.cpu() for name, tensor in self._tensors().items()}
 
-    def save(self, folder: str) -> None:
-        torch.save(self.state_dict(), os.path.join(folder, self.FILE_NAME))
-
-    def load(self, folder: str) -> bool:
-        """Restore the sums saved in a checkpoint folder; False if it holds none."""
-        from .errors import CheckpointError
-
-        path = os.path.join(folder, self.FILE_NAME)
-        if not os.path.isfile(path):
-            return False
-        state = torch.load(path, weights_only=True)
-        if state["seen"].numel() != self.num_examples:
-            raise CheckpointError(
-                f"{path} records {state['seen'].numel()} examples but the training set has {self.num_examples}; "
-                "resume with the same training data"
-            )
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self._set({name: state[name] for name in self._tensors() if name in state}, self.sums.device)
-        return True
+
+    @staticmethod
+    def examples_in(state: Mapping[str, torch.Tensor]) -> int:
+        return state["seen"].numel()
 
     def probabilities(self) -> np.ndarray:
         """The mean probability vector of every example, (N, C) float32; NaN rows for examples never trained on."""

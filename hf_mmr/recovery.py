@@ -10,6 +10,7 @@ import re
 import signal
 import struct
 import threading
+import time
 import zipfile
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from transformers import TrainerCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checks import is_number
 from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -77,10 +79,6 @@ def _json_problem(path: str, required: tuple[str, ...] = ()) -> str | None:
     return problem or (f"lacks the field {missing[0]!r}" if missing else None)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _trainer_state_problem(path: str) -> str | None:
     """What ``TrainerState.load_from_json`` and the resume arithmetic would trip on; None if it loads."""
     state, problem = _read_json(path)
@@ -93,12 +91,12 @@ def _trainer_state_problem(path: str) -> str | None:
     if unknown:
         return f"has the field {unknown[0]!r}, which TrainerState does not know"
     step = state["global_step"]
-    if not (isinstance(step, int) and _is_number(step) and step >= 0):
+    if not (isinstance(step, int) and is_number(step) and step >= 0):
         return f"has global_step = {step!r}, not a whole number >= 0"
     optional = {name for name, kind in kinds.items() if kind in (int | None, float | None)}
     counts = optional | {name for name, kind in kinds.items() if kind in (int, float)}
     for key, value in state.items():  # the counts the resume computes with must be numbers
-        if key in counts and not (_is_number(value) or (value is None and key in optional)):
+        if key in counts and not (is_number(value) or (value is None and key in optional)):
             return f"has {key} = {value!r}, not a number"
     if not isinstance(state.get("log_history", []), list):
         return "has a log_history that is not a list"
@@ -107,10 +105,41 @@ def _trainer_state_problem(path: str) -> str | None:
 
 # The files of a checkpoint that resuming reads, and how each is checked.
 _WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
-_TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "mms_state.pt", "margins_state.pt")
+# Every torch file of a checkpoint is read on resume: the Trainer's (optimizer.pt, scheduler.pt, scaler.pt, the
+# rng_state*.pth) and hf-mmr's state pieces (hf_mmr.state), whatever their names.
+_TORCH_SUFFIXES = (".pt", ".pth")
+# Folders found sound, by their files' names, sizes and modification times: a run checks each folder's
+# checksums once, however many times it asks (the script before loading the model, the trainer on resume).
+_sound: set[tuple] = set()
+_AT_REST_NS = 2_000_000_000
 
 
 def checkpoint_problem(folder: str, required: tuple[str, ...] = ()) -> str | None:
+    """Why a checkpoint folder cannot be resumed, naming the file; None if it is sound (``_checkpoint_problem``),
+    remembered for a folder found sound until one of its files changes."""
+    key = _fingerprint(folder, required)
+    if key is not None and key in _sound:
+        return None
+    problem = _checkpoint_problem(folder, required)
+    if problem is None and key is not None:
+        _sound.add(key)
+    return problem
+
+
+def _fingerprint(folder: str, required: tuple[str, ...]) -> tuple | None:
+    """The folder's files with their sizes and modification times; None if it cannot be listed or a file
+    changed within the last seconds (a change within one tick of the file system's clock would keep the
+    time, so only a folder at rest is remembered, as git does with racily clean files)."""
+    try:
+        entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder))
+    except OSError:
+        return None
+    if any(time.time_ns() - mtime < _AT_REST_NS for _, _, mtime in entries):
+        return None
+    return (os.path.abspath(folder), tuple(required), tuple(entries))
+
+
+def _checkpoint_problem(folder: str, required: tuple[str, ...] = ()) -> str | None:
     """Why a checkpoint folder cannot be resumed, naming the file; None if it is sound.
 
     Checked: the completion marker; ``trainer_state.json`` (valid JSON that ``TrainerState`` loads: known
@@ -141,7 +170,7 @@ def checkpoint_problem(folder: str, required: tuple[str, ...] = ()) -> str | Non
     sharded_elsewhere = any(name.startswith(("pytorch_model_fsdp", "global_step")) for name in names)
     if not weights and not sharded_elsewhere:
         return f"{folder} holds no model weights (no {' or '.join(_WEIGHT_FILES[:3])})"
-    torch_files = [name for name in names if name in _TORCH_FILES or re.fullmatch(r"rng_state_\d+\.pth", name)]
+    torch_files = [name for name in names if name.endswith(_TORCH_SUFFIXES)]
     for name in [*weights, *sorted(torch_files)]:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):

@@ -1,20 +1,12 @@
-"""Choosing training examples by minimal margin score (MMS).
+"""The data side of MMS selection: example indices in batches, pools, the MMS cache and the pruned epochs.
 
-Two modes (``mms_selection``):
-
-* ``select`` (the paper's scheme): the Trainer's own sampler draws a pool of ``r * b``
-  candidates per step from a seeded per-epoch permutation (its batch size is multiplied by
-  ``r = mms_pool_factor``); the current model scores the pool in eval mode and the step
-  trains on the ``b`` candidates with the smallest MMS. An epoch is one pass over the
-  permutation, so it has about ``N / (r * b)`` steps.
-* ``cached`` (no extra forward pass, fewer steps): the MMS of every example trained on is
-  recorded from the training forward pass (``MarginCache``). Each selective epoch is one pass
-  over a pruned set (``prune_epoch``): the low-MMS examples are all kept, a fixed share of the
-  others is drawn at random and up-weighted so that the expected loss of the epoch equals the
-  full epoch's. How many examples each epoch keeps depends only on counts, so every epoch's
-  length, and with it the learning-rate schedule, is known before training starts
-  (``plan_epochs``). The first epoch (nothing scored yet), the warm-up steps and the last
-  ``mms_anneal_epochs`` epochs are full and uniform.
+The modes that use them live in ``hf_mmr.modes`` (``select``: pools of ``r * b`` candidates, see
+``pool_size_to_select``, ``lowest``, ``take_rows``; ``cached``: ``MarginCache``, ``prune_epoch``,
+``plan_epochs``, ``CachedMarginSampler``). In the cached mode each selective epoch is one pass over
+a pruned set: the low-MMS examples are all kept, a fixed share of the others is drawn at random and
+up-weighted so that the expected loss of the epoch equals the full epoch's. How many examples each
+epoch keeps depends only on counts, so every epoch's length, and with it the learning-rate schedule,
+is known before training starts.
 
 The example index travels with each batch under ``INDEX_KEY`` (added by ``IndexedDataset``,
 collated by ``IndexCollator``) and is removed before the model's forward pass, so any
@@ -24,15 +16,12 @@ map-style dataset works, with or without an ``idx`` column.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
-
-from .errors import MMRConfigError
 
 INDEX_KEY = "mmr_example_index"
 
@@ -130,7 +119,7 @@ class MarginCache:
         self.epoch: int | None = None
         self.epoch_scores = self.scores.clone()
         self.weights = torch.ones(num_examples)
-        self.plan_batches: list[int] | None = None  # the epoch lengths of the run that saved this cache
+        self.plan_batches: list[int] | None = None  # the epoch lengths of the run that saves (or saved) this cache
 
     def update(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
         self.scores[indices.cpu()] = scores.detach().float().cpu()
@@ -145,26 +134,23 @@ class MarginCache:
         )
         return (weights * losses).sum()
 
-    def save(self, folder: str, plan_batches: list[int]) -> None:
-        state = {"scores": self.scores, "epoch": self.epoch, "epoch_scores": self.epoch_scores}
-        torch.save({**state, "plan_batches": plan_batches}, os.path.join(folder, self.FILE_NAME))
+    @property
+    def num_examples(self) -> int:
+        return self.scores.numel()
 
-    def load(self, folder: str) -> bool:
-        """Restore the cache saved in a checkpoint folder; False if it holds none."""
-        path = os.path.join(folder, self.FILE_NAME)
-        if not os.path.isfile(path):
-            return False
-        state = torch.load(path, weights_only=True)
-        if state["scores"].shape != self.scores.shape:
-            raise MMRConfigError(
-                f"the checkpoint's MMS cache has {state['scores'].numel()} examples but the training set has "
-                f"{self.scores.numel()}; resume with the same training data"
-            )
+    def state_dict(self) -> dict[str, Any]:
+        state = {"scores": self.scores, "epoch": self.epoch, "epoch_scores": self.epoch_scores}
+        return {**state, "plan_batches": self.plan_batches or []}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scores = state["scores"].clone()
         self.epoch = state["epoch"]
         self.epoch_scores = state["epoch_scores"]
         self.plan_batches = state.get("plan_batches")
-        return True
+
+    @staticmethod
+    def examples_in(state: dict[str, Any]) -> int:
+        return state["scores"].numel()
 
 
 class CachedMarginSampler(Sampler[int]):

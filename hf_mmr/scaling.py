@@ -3,40 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from .margins import is_class_labels
+
+if TYPE_CHECKING:
+    from .context import TrainingContext
+
+
+def sum_scale(context: TrainingContext, batch_size: int, num_items_in_batch: torch.Tensor | int | None) -> Any:
+    """Factor that turns a sum over this micro-batch into a mean over the accumulated (global) batch.
+
+    The Trainer divides the loss by the accumulation steps unless it counts it as already
+    normalized over the whole accumulated batch by ``num_items_in_batch``; in that case the
+    sum is normalized by ``num_items_in_batch`` too.
+    """
+    if not context.loss_is_scaled_for_accumulation(num_items_in_batch):
+        return 1.0 / batch_size
+    if num_items_in_batch is None:
+        return 1.0 / (batch_size * context.accumulation_steps)
+    scale = 1.0 / num_items_in_batch
+    if context.args.average_tokens_across_devices and context.args.world_size > 1:
+        scale = scale * context.accelerator.num_processes  # the Trainer scales its loss the same way
+    return scale
+
 
 class LossScale:
-    """The factors that put a micro-batch's sum or mean on the footing of the Trainer's loss of ``trainer``."""
+    """The factor that puts a micro-batch's mean on the footing of the Trainer's loss (``of_mean``)."""
 
-    def __init__(self, trainer: Any):
-        self.trainer = trainer
+    def __init__(self, context: TrainingContext):
+        self.context = context
         self._loss_is_batch_mean: bool | None = None  # the model's loss convention does not change: checked once
-
-    def of_sum(self, batch_size: int, num_items_in_batch: torch.Tensor | int | None) -> Any:
-        """Factor that turns a sum over this micro-batch into a mean over the accumulated (global) batch.
-
-        The Trainer divides the loss by the accumulation steps unless it counts it as already
-        normalized over the whole accumulated batch by ``num_items_in_batch``; in that case the
-        sum is normalized by ``num_items_in_batch`` too.
-        """
-        trainer = self.trainer
-        scaled = trainer.loss_is_scaled_for_ga
-        if scaled is None:
-            scaled = (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
-                trainer.compute_loss_func is not None
-            )
-        if not scaled:
-            return 1.0 / batch_size
-        if num_items_in_batch is None:
-            return 1.0 / (batch_size * trainer.current_gradient_accumulation_steps)
-        scale = 1.0 / num_items_in_batch
-        if trainer.args.average_tokens_across_devices and trainer.args.world_size > 1:
-            scale = scale * trainer.accelerator.num_processes  # the Trainer scales its loss the same way
-        return scale
 
     def of_mean(
         self, loss: torch.Tensor, outputs: Any, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any
@@ -51,8 +51,8 @@ class LossScale:
         a label smoother or ``compute_loss_func``) the mean is normalized the same way.
         """
         raw = outputs.get("loss") if isinstance(outputs, Mapping) else None
-        if raw is None or labels.dim() != 1 or labels.is_floating_point():
-            return labels.shape[0] * self.of_sum(labels.shape[0], num_items_in_batch)
+        if raw is None or not is_class_labels(labels):
+            return labels.shape[0] * sum_scale(self.context, labels.shape[0], num_items_in_batch)
         if self._loss_is_batch_mean is None:
             with torch.no_grad():
                 batch_mean = F.cross_entropy(logits.detach().float(), labels)
@@ -60,4 +60,4 @@ class LossScale:
         if self._loss_is_batch_mean:  # the Trainer's own factor, without a host sync
             raw, loss = raw.detach(), loss.detach()
             return torch.where(raw != 0, loss / raw, torch.ones_like(loss))
-        return labels.shape[0] * self.of_sum(labels.shape[0], num_items_in_batch)
+        return labels.shape[0] * sum_scale(self.context, labels.shape[0], num_items_in_batch)

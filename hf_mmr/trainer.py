@@ -11,9 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.utils import is_datasets_available
 
 from .arguments import MMRTrainingArguments
 from .calibration import (
@@ -26,17 +23,20 @@ from .calibration import (
 )
 from .card import mmr_card_text
 from .collectives import gather_examples, global_max, sum_over_processes
+from .compat import TrainerHooks, TrainingPlan
+from .context import TrainingContext
 from .diagnostics import DiagnosticWindow
 from .errors import ArgumentsTypeError, CheckpointError, HeadNotFoundError, MMRConfigError, NonFiniteLossError
 from .evaluation import EvalMargins
 from .head import FeatureCapture, HeadCall, find_classifier_head, logits_of
-from .margins import minimal_margin_scores, mmr_penalty, squared_radius
+from .margins import is_class_labels, minimal_margin_scores, mmr_penalty, squared_radius
 from .metrics import expected_calibration_error
 from .modes import MicroBatch, SelectionMode, selection_mode
 from .recording import MarginRecorder, write_table
 from .recovery import check_resumable, last_complete_checkpoint, mark_complete
 from .sampling import INDEX_KEY, IndexCollator, IndexedDataset, pool_size_to_select
 from .scaling import LossScale
+from .state import load_state, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 MMS_QUANTILES = torch.tensor([0.1, 0.5, 0.9])
 
 
-class MMRTrainer(Trainer):
+class MMRTrainer(TrainerHooks):
     """``Trainer`` whose training loss is ``classification loss + lambda_t * MMR``, with optional MMS sampling.
 
     The input of the classifier's final ``nn.Linear`` is captured by a forward hook during the
@@ -80,11 +80,12 @@ class MMRTrainer(Trainer):
             raise ArgumentsTypeError(
                 "MMRTrainer needs MMRTrainingArguments (a drop-in replacement for TrainingArguments)"
             )
-        self.selection: SelectionMode = selection_mode(self)  # the one place mms_selection is read
+        self.context = TrainingContext(self)  # what the selection mode and the loss scaling see of the trainer
+        self.selection: SelectionMode = selection_mode(self.context)  # the mode mms_selection names
         self.feature_capture: FeatureCapture | None = None
         self._head_checked = False
         self._window = DiagnosticWindow()
-        self.loss_scale = LossScale(self)
+        self.loss_scale = LossScale(self.context)
         self._eval_margins: EvalMargins | None = None  # during an evaluation loop
         self._recorder: MarginRecorder | None = None
         self._epoch = 0
@@ -117,15 +118,16 @@ class MMRTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         config = getattr(model, "config", None)
         if config is not None and getattr(config, "num_labels", None) is not None:
-            self.args.check_model(config.num_labels, getattr(config, "problem_type", None))
+            self.args.check_model(config.num_labels, getattr(config, "problem_type", None), self.selection.uses_margins)
         try:
             path, head = find_classifier_head(model, self.args.mmr_head)
         except HeadNotFoundError as error:
-            if self.args.needs_head:
+            if self.needs_head:
                 raise
             logger.warning("MMR diagnostics are off: %s", error)
             return
-        self.args.check_model(head.out_features)  # a model without config.num_labels: its head decides
+        # A model without config.num_labels: its head decides.
+        self.args.check_model(head.out_features, None, self.selection.uses_margins)
         if head.out_features < 2:  # regression: margins and their diagnostics need classes
             logger.info("Margin diagnostics are off: the head %r has one output (regression)", path)
             return
@@ -148,7 +150,8 @@ class MMRTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """Classification loss (weighted by the selection mode, if it weights) + ``lambda_t * MMR``."""
+        """Classification loss (weighted by the selection mode, if it weights) + ``lambda_t * MMR``, in named steps:
+        the Trainer's forward (the head's input captured), then ``_margin_steps``, then ``_stop_if_not_finite``."""
         indices = inputs.pop(INDEX_KEY, None)  # never reaches the model's forward
         labels = inputs.get("labels")  # the parent may pop it from inputs
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -156,47 +159,66 @@ class MMRTrainer(Trainer):
             logits = logits_of(outputs)
             call = self.feature_capture.pop(logits)
             if labels is not None:
-                mms = self._observe(call, logits, labels, indices)
-                batch = MicroBatch(logits, labels, indices, mms, num_items_in_batch)
-                loss, factor = self.selection.weight_loss(loss, batch)
-                term = self._margin_term(call, logits, labels)
-                if term is not None:
-                    if factor is None:
-                        factor = self.loss_scale.of_mean(loss, outputs, logits, labels, num_items_in_batch)
-                    loss = loss + term * factor
-        if model.training and not torch.isfinite(loss).all():
-            # Stop before backward: the weights and the checkpoints on disk stay those of the last good step.
+                loss = self._margin_steps(loss, outputs, call, logits, labels, indices, num_items_in_batch)
+        if model.training:
+            self._stop_if_not_finite(loss)
+        return (loss, outputs) if return_outputs else loss
+
+    def _margin_steps(
+        self,
+        loss: torch.Tensor,
+        outputs: Any,
+        call: HeadCall,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor | None,
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor:
+        """observe (MMS and its quantiles) -> record (``record_margins``) -> weight (the selection mode) -> penalty."""
+        mms = self._observe(call, logits)
+        self._record(call, logits, labels, indices)
+        loss, factor = self.selection.weight_loss(loss, MicroBatch(logits, labels, indices, mms, num_items_in_batch))
+        term = self._margin_term(call, logits, labels)
+        if term is None:
+            return loss
+        if factor is None:
+            factor = self.loss_scale.of_mean(loss, outputs, logits, labels, num_items_in_batch)
+        return loss + term * factor
+
+    def _stop_if_not_finite(self, loss: torch.Tensor) -> None:
+        """Stop before backward: the weights and the checkpoints on disk stay those of the last good step."""
+        if not torch.isfinite(loss).all():
             last = last_complete_checkpoint(self.args.output_dir) or "none saved yet"
             raise NonFiniteLossError(
                 f"the training loss is {loss.detach().float().item()} at step {self.state.global_step}; the last "
                 f"checkpoint is {last}. Lower --learning_rate or --mmr_lambda, or train in float32"
             )
-        return (loss, outputs) if return_outputs else loss
 
-    def _observe(
-        self, call: HeadCall, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The batch's MMS, its logged quantiles and, with ``record_margins``, its examples' margins."""
+    def _observe(self, call: HeadCall, logits: torch.Tensor) -> torch.Tensor:
+        """The batch's MMS and its logged quantiles (the first batch checks that the head reproduces the logits)."""
         if not self._head_checked:
             autocast = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
             self.feature_capture.check_reproduces(call, logits, autocast)
             self._head_checked = True
         with torch.no_grad():
             mms = minimal_margin_scores(logits.detach(), call.weight.detach())
-        if self._recorder is not None and indices is not None:
-            values = self._recorder.values(logits, call.weight, labels)  # every process adds the global batch
-            gathered = gather_examples(self.accelerator, indices.to(values.device), values)
-            self._recorder.add(*gathered, epoch=self._epoch)
         self.add_diagnostic("mms/mean", mms.mean())
         for name, value in zip(("mms/p10", "mms/p50", "mms/p90"), torch.quantile(mms, MMS_QUANTILES)):
             self.add_diagnostic(name, value)
         return mms
 
+    def _record(self, call: HeadCall, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None) -> None:
+        """With ``record_margins``, add the batch's examples to the recorder (every process adds the global batch)."""
+        if self._recorder is not None and indices is not None:
+            values = self._recorder.values(logits, call.weight, labels)
+            gathered = gather_examples(self.accelerator, indices.to(values.device), values)
+            self._recorder.add(*gathered, epoch=self._epoch)
+
     def _margin_term(self, call: HeadCall, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         """``lambda_t * MMR`` of this batch (None when MMR is off); records the diagnostics."""
         features = call.features
         enabled = self.args.mmr_enabled
-        if enabled and (labels.dim() != 1 or labels.is_floating_point()):
+        if enabled and not is_class_labels(labels):
             raise MMRConfigError("MMR needs one integer class label per example; set --mmr_lambda 0 for this task")
         with torch.set_grad_enabled(enabled and torch.is_grad_enabled()):
             r2 = global_max(self.accelerator, squared_radius(features), differentiable=enabled)
@@ -311,10 +333,8 @@ class MMRTrainer(Trainer):
         return output
 
     # ------------------------------------------------------------------ data and the selection mode's hooks
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        if self._needs_indices and INDEX_KEY not in self._signature_columns:
-            self._signature_columns.append(INDEX_KEY)  # so that unused-column removal keeps it
+    def extra_signature_columns(self) -> tuple[str, ...]:
+        return (INDEX_KEY,) if self._needs_indices else ()  # so that unused-column removal keeps it
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         """With MMS sampling or recording, batches also carry example indices; select mode loads pools of r x batch."""
@@ -322,58 +342,53 @@ class MMRTrainer(Trainer):
             return super().get_train_dataloader()
         if self.train_dataset is None:
             raise MMRConfigError("training needs a train_dataset: pass train_dataset to MMRTrainer")
-        dataset = self.train_dataset
-        if is_datasets_available() and isinstance(dataset, _datasets().Dataset):  # datasets is optional here
-            dataset = self._remove_unused_columns(dataset, description="training")
-        factor, world = self.selection.pool_factor, self.args.world_size
-        pool = self._train_batch_size * factor * world
-        if factor > 1 and len(dataset) < pool:
+        dataset = self.model_columns(self.train_dataset)
+        factor, world, batch = self.selection.pool_factor, self.args.world_size, self.train_batch_size
+        if factor > 1 and len(dataset) < batch * factor * world:
             chosen = pool_size_to_select(len(dataset), factor, world)
             logger.warning(
                 "select: a pool holds %d candidates but the training set has %d examples, so each step trains on "
                 "%d of them instead of a batch of %d; lower --mms_pool_factor or the batch size to train full batches",
-                pool,
+                batch * factor * world,
                 len(dataset),
                 chosen,
-                self._train_batch_size * world,
+                batch * world,
             )
-        collator = self.data_collator
-        self.data_collator = IndexCollator(collator)
-        try:
-            return self._get_dataloader(
-                dataset=IndexedDataset(dataset),
-                description="Training",
-                batch_size=self._train_batch_size * factor,
-                sampler_fn=self._get_train_sampler,
-                is_training=True,
-            )
-        finally:
-            self.data_collator = collator
+        return self.training_dataloader(IndexedDataset(dataset), batch * factor, IndexCollator(self.data_collator))
 
     @property
     def _needs_indices(self) -> bool:
         return self.selection.uses_margins or self.args.record_margins
 
-    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
-        return self.selection.sampler() or super()._get_train_sampler(train_dataset)
+    @property
+    def needs_head(self) -> bool:
+        """Whether the classifier head must be found: MMR, the selection mode or calibration uses it."""
+        return self.args.mmr_enabled or self.selection.uses_margins or self.args.calibrates
 
-    def set_initial_training_values(self, args: MMRTrainingArguments, dataloader: Any) -> tuple:
-        return self.selection.plan(super().set_initial_training_values(args, dataloader), dataloader)
+    @property
+    def checkpoint_files(self) -> tuple[str, ...]:
+        """The files a checkpoint must hold to resume this run exactly, beyond the Trainer's own."""
+        return self.selection.checkpoint_files
 
-    def _init_training_state(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
-        return self.selection.resume_position(*super()._init_training_state(*args, **kwargs))
+    def train_sampler(self) -> torch.utils.data.Sampler | None:
+        return self.selection.sampler()
 
-    def _run_epoch(self, *args: Any, epoch: int, **kwargs: Any) -> Any:
+    def plan_training(self, plan: TrainingPlan, dataloader: Any) -> TrainingPlan:
+        return self.selection.plan(plan, dataloader)
+
+    def resume_position(self, epochs_trained: int, steps_to_skip: int) -> tuple[int, int]:
+        return self.selection.resume_position(epochs_trained, steps_to_skip)
+
+    def begin_epoch(self, epoch: int) -> dict[str, int]:
         self._epoch = epoch  # the recorder's per-epoch sums
-        return super()._run_epoch(*args, epoch=epoch, **{**kwargs, **self.selection.epoch_arguments(epoch)})
+        return self.selection.epoch_arguments(epoch)
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: Any = None
     ) -> torch.Tensor:
         return super().training_step(model, self.selection.select(model, inputs), num_items_in_batch)
 
-    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
-        num_items = super()._get_num_items_in_batch(batch_samples, device)
+    def count_items(self, num_items: torch.Tensor | int | None, batch_samples: list) -> torch.Tensor | int | None:
         return self.selection.items_in_batch(num_items, batch_samples)
 
     # ------------------------------------------------------------------ logs and checkpoints
@@ -412,7 +427,7 @@ class MMRTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """As ``Trainer.train``; a checkpoint to resume from is checked first (``recovery.checkpoint_problem``), and
         ``resume_from_checkpoint=True`` takes the newest sound one, with a warning for each one passed over."""
-        required = self.args.checkpoint_files
+        required = self.checkpoint_files
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, required, warn=True)
             if resume_from_checkpoint is None:
@@ -447,29 +462,22 @@ class MMRTrainer(Trainer):
             return None
         return write_table(self.train_margins, self.args.output_dir, extra_columns, label_names, self.train_probs)
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """The Trainer's checkpoint, plus the MMS cache, then a marker saying that saving finished."""
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            self.selection.save(folder)
-            if self._recorder is not None:
-                self._recorder.save(folder)
-            mark_complete(folder)
+    def save_checkpoint_state(self, folder: str) -> None:
+        """The selection mode's and the recorder's state, then a marker saying that saving finished."""
+        self.selection.save(folder)
+        if self._recorder is not None:
+            save_state(self._recorder, folder)
+        mark_complete(folder)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if model is None and self._recorder is not None and not self._recorder.load(resume_from_checkpoint):
+    def load_checkpoint_state(self, folder: str) -> None:
+        if self._recorder is not None and not load_state(self._recorder, folder):
             logger.warning(
                 "%s has no %s (it was saved without --record_margins): train_margins counts only the steps "
                 "from here on",
-                resume_from_checkpoint,
+                folder,
                 MarginRecorder.FILE_NAME,
             )
-        if model is None:
-            self.selection.load(resume_from_checkpoint)
+        self.selection.load(folder)
 
 
 def _overrides_compute_loss_before(cls: type) -> bool:
@@ -498,9 +506,3 @@ def _subset(dataset: Any, positions: list[int]) -> Any:
     if hasattr(dataset, "select"):
         return dataset.select(positions)
     return torch.utils.data.Subset(dataset, positions)
-
-
-def _datasets() -> Any:
-    import datasets
-
-    return datasets

@@ -87,3 +87,27 @@ def test_missing_optuna_is_an_import_error(monkeypatch):
         require_optuna()
     assert isinstance(caught.value, MissingPackageError)
     assert "pip install" in str(caught.value)
+
+
+def test_every_error_of_the_package_is_an_mmr_error():
+    import run_glue_mmr
+    from hf_mmr import errors
+
+    classes = [value for value in vars(errors).values() if isinstance(value, type) and issubclass(value, Exception)]
+    assert len(classes) >= 6 and all(issubclass(cls, MMRError) for cls in classes)
+    assert issubclass(run_glue_mmr.UsageError, MMRError)
+    # The library functions a user calls directly raise it too (still ValueErrors, as they were).
+    import numpy as np
+    import torch
+
+    from hf_mmr import expected_calibration_error, make_mmr_hp_space, mmr_penalty
+
+    features, weight, labels = torch.ones(2, 3), torch.eye(2, 3), torch.tensor([0, 1])
+    for call in (
+        lambda: mmr_penalty(features, weight, labels, top_k=2),
+        lambda: mmr_penalty(features, weight, labels, form="hinge"),
+        lambda: make_mmr_hp_space((0.1, 0.01)),
+        lambda: expected_calibration_error(np.ones((2, 2)), np.ones(3)),
+    ):
+        with pytest.raises(MMRError):
+            call()

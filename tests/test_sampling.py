@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+import logging
 import math
 import os
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from conftest import NO_DROPOUT, make_trainer, synthetic_dataset, tiny_model
 
-from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, minimal_margin_scores, sampling
+from hf_mmr import MMRTrainer, ResumeMismatchError, minimal_margin_scores, sampling
 from hf_mmr.sampling import (
     INDEX_KEY,
     CachedMarginSampler,
@@ -312,24 +313,6 @@ def test_pool_split_rounds_to_equal_shares():
     assert pool_size_to_select(50, 10, 2) == 4
 
 
-@pytest.mark.parametrize(
-    "field,value,message",
-    [
-        ("mms_selection", "best", "--mms_selection"),
-        ("mms_pool_factor", 0, "--mms_pool_factor"),
-        ("mms_scoring_batch_size", 0, "--mms_scoring_batch_size"),
-        ("mms_anneal_epochs", float("nan"), "--mms_anneal_epochs"),
-        ("mms_keep_quantile", 1.0, "--mms_keep_quantile"),
-        ("mms_keep_fraction", 0.0, "--mms_keep_fraction"),
-        ("mms_warmup_steps", -1, "--mms_warmup_steps"),
-        ("mms_anneal_epochs", -2, "--mms_anneal_epochs"),
-    ],
-)
-def test_invalid_selection_arguments(tmp_path, field, value, message):
-    with pytest.raises(MMRConfigError, match=message):
-        MMRTrainingArguments(output_dir=str(tmp_path), **{field: value})
-
-
 def test_select_with_dataloader_workers_scores_in_the_main_process(tmp_path):
     trainer = recording_trainer(tmp_path, "select", max_steps=2, dataloader_num_workers=1)
     pids = []
@@ -373,7 +356,7 @@ def test_evaluation_after_selective_training(tmp_path, mode):
     "change,message",
     [
         ({"per_device_train_batch_size": 8}, "batches per process"),
-        ({"n": 36}, "has 32 examples but the training set has 36"),
+        ({"n": 36}, "records 32 training examples but the training set has 36"),
     ],
 )
 def test_resuming_cached_mode_with_other_data_or_batches_is_refused(tmp_path, change, message):
@@ -381,5 +364,20 @@ def test_resuming_cached_mode_with_other_data_or_batches_is_refused(tmp_path, ch
     recording_trainer(tmp_path / "run", "cached", n=32, **common).train()
     settings = {"n": 32, **common, **change}
     resumed = recording_trainer(tmp_path / "run", "cached", **settings)
-    with pytest.raises(MMRConfigError, match=message):
+    with pytest.raises(ResumeMismatchError, match=message):
         resumed.train(resume_from_checkpoint=os.path.join(tmp_path, "run", "checkpoint-10"))
+
+
+def test_select_warns_when_the_pool_is_larger_than_the_data(tmp_path, caplog):
+    trainer = make_trainer(
+        tmp_path,
+        None,
+        synthetic_dataset(n=10),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        mms_selection="select",
+        mms_pool_factor=4,
+    )
+    with caplog.at_level(logging.WARNING, logger="hf_mmr.trainer"):
+        trainer.train()
+    assert "a pool holds 16 candidates but the training set has 10 examples, so each step trains on 3" in caplog.text

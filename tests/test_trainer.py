@@ -8,6 +8,7 @@ from conftest import NO_DROPOUT, make_trainer, step_logs, synthetic_dataset, tin
 from transformers import Trainer, TrainingArguments
 
 from hf_mmr import MMRConfigError, MMRTrainer, MMRTrainingArguments, minimal_margin_scores, mmr_penalty
+from hf_mmr.diagnostics import DiagnosticWindow
 
 
 def train(trainer_cls, args_cls, tmp_path, model_type="bert", num_labels=3, model_overrides=None, **kwargs):
@@ -184,3 +185,13 @@ def test_regression_and_multi_label_are_refused(tmp_path, num_labels, problem_ty
 def test_needs_mmr_training_arguments(tmp_path):
     with pytest.raises(TypeError, match="MMRTrainingArguments"):  # ArgumentsTypeError (tests/test_errors.py)
         MMRTrainer(model=tiny_model("bert"), args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+
+
+def test_the_diagnostic_window_averages_and_restarts():
+    window = DiagnosticWindow()
+    window.add("a", torch.tensor(1.0))
+    window.add("a", 3.0)
+    window.add("b", torch.tensor(2.0))
+    assert window and window.pop_means() == {"a": 2.0, "b": 2.0} and not window
+    window.add("a", 5.0)
+    assert window.pop_means(lambda means: means * 2) == {"a": 10.0}

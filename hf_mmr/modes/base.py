@@ -1,21 +1,24 @@
 """The interface of a selection mode, and the uniform default (``mms_selection="none"``).
 
-A mode is the whole of one way of choosing training examples: its sampler, its changes to the
-epochs and the batches, its weighting of the loss, its logs and its state in checkpoints.
-``MMRTrainer`` builds one mode in ``__init__`` (``hf_mmr.modes.selection_mode``) and calls these
-hooks from its own; the default does nothing at any of them, so training is the Trainer's own.
+A mode is the whole of one way of choosing training examples: its name and description (the
+``--mms_selection`` choice and help), the checks of its settings, its sampler, its changes to the
+epochs and the batches, its weighting of the loss, its logs and its state in checkpoints. It sees
+the trainer through a ``TrainingContext``. ``MMRTrainer`` builds one mode in ``__init__``
+(``hf_mmr.modes.selection_mode``) and calls these hooks from its own; the default does nothing at
+any of them, so training is the Trainer's own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..trainer import MMRTrainer
+from ..checks import check_number
+from ..compat import TrainingPlan
+from ..context import TrainingContext
 
 
 @dataclass(frozen=True)
@@ -32,15 +35,24 @@ class MicroBatch:
 class SelectionMode:
     """Uniform sampling, the Trainer's own: every hook leaves what it is given as it is.
 
-    A mode reads the trainer's current ``args`` at every call (a hyperparameter search replaces them).
+    A mode reads ``context.args`` at every call (a hyperparameter search replaces them).
     """
 
     name = "none"
+    summary = "the Trainer's uniform sampler"  # the --mms_selection help's words for this mode
     uses_margins = False  # whether the mode needs the head's features and each batch's example indices
     checkpoint_files: tuple[str, ...] = ()  # what save() writes, which a checkpoint must hold to resume exactly
 
-    def __init__(self, trainer: MMRTrainer):
-        self.trainer = trainer
+    def __init__(self, context: TrainingContext):
+        self.context = context
+
+    @classmethod
+    def check(cls, args: Any) -> None:
+        """Fail in one line naming the flag if one of this mode's settings (``args.mms_*``) cannot work.
+
+        Here the warm-up every selective mode shares; a mode with settings of its own extends it.
+        """
+        check_number(args, "mms_warmup_steps", integer=True, at_least=0)
 
     @property
     def pool_factor(self) -> int:
@@ -54,16 +66,16 @@ class SelectionMode:
     def reset(self) -> None:
         """A run starts from scratch (not resumed): forget what an earlier run learned."""
 
-    def plan(self, values: tuple, dataloader: Any) -> tuple:
-        """``Trainer.set_initial_training_values``' result (epochs, steps, lengths), as the mode changes it."""
-        return values
+    def plan(self, plan: TrainingPlan, dataloader: Any) -> TrainingPlan:
+        """The run's epochs, steps and lengths as the Trainer computed them, as the mode changes them."""
+        return plan
 
     def resume_position(self, epochs_trained: int, steps_trained: int) -> tuple[int, int]:
         """Where a resumed run stands: (epochs done, micro-batches to skip in the current epoch)."""
         return epochs_trained, steps_trained
 
     def epoch_arguments(self, epoch: int) -> dict[str, int]:
-        """Overrides of ``Trainer._run_epoch``'s ``steps_in_epoch`` and ``num_update_steps_per_epoch``."""
+        """Overrides of the epoch's ``steps_in_epoch`` and ``num_update_steps_per_epoch`` (``TrainerHooks.begin_epoch``)."""
         return {}
 
     def select(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_number
+from ..context import TrainingContext
 from ..head import logits_of
 from ..margins import minimal_margin_scores
 from ..sampling import INDEX_KEY, lowest, pool_size_to_select, take_rows
@@ -21,31 +23,41 @@ class PoolSelection(SelectionMode):
     ``mms/scoring_time_share`` (the share of the step's wall time spent scoring)."""
 
     name = "select"
+    summary = (
+        "each step trains on the batch with the smallest MMS among mms_pool_factor times as many candidates, "
+        "scored by an extra forward pass"
+    )
     uses_margins = True
 
-    def __init__(self, trainer: Any):
-        super().__init__(trainer)
+    @classmethod
+    def check(cls, args: Any) -> None:
+        super().check(args)
+        check_number(args, "mms_pool_factor", integer=True, at_least=1)
+        check_number(args, "mms_scoring_batch_size", integer=True, at_least=1, optional=True)
+
+    def __init__(self, context: TrainingContext):
+        super().__init__(context)
         self._step_started: float | None = None
         self._seconds = {"scoring": 0.0, "step": 0.0}  # over the current logging window
 
     @property
     def pool_factor(self) -> int:
-        return self.trainer.args.mms_pool_factor
+        return self.context.args.mms_pool_factor
 
     def select(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         now = time.perf_counter()
         if self._step_started is not None:
             self._seconds["step"] += now - self._step_started
         self._step_started = now
-        return self.select_from_pool(model, self.trainer._prepare_inputs(inputs))
+        return self.select_from_pool(model, self.context.prepare_inputs(inputs))
 
     def select_from_pool(self, model: nn.Module, pool: dict[str, Any]) -> dict[str, Any]:
         """The candidates of the pool with the smallest MMS (across all processes), this process's share."""
-        trainer, args = self.trainer, self.trainer.args
+        context, args = self.context, self.context.args
         world = args.world_size
         local_size = len(pool[INDEX_KEY])
         per_process = pool_size_to_select(local_size * world, args.mms_pool_factor, world) // world
-        if trainer.state.global_step < args.mms_warmup_steps:
+        if context.step < args.mms_warmup_steps:
             return take_rows(pool, torch.arange(min(per_process, local_size), device=pool[INDEX_KEY].device))
         start = time.perf_counter()
         scores, predicted = self.score_pool(model, pool)
@@ -53,18 +65,18 @@ class PoolSelection(SelectionMode):
             pool, scores, predicted = self.gather_pool(pool, scores, predicted)
         chosen = lowest(scores, per_process * world)
         mine = chosen[args.process_index :: world]
-        trainer.add_diagnostic("mms/pool_mean", scores.mean())
-        trainer.add_diagnostic("mms/selected_mean", scores[chosen].mean())
+        context.add_diagnostic("mms/pool_mean", scores.mean())
+        context.add_diagnostic("mms/selected_mean", scores[chosen].mean())
         if "labels" in pool:
             wrong = predicted[chosen] != pool["labels"][chosen].to(predicted.device)
-            trainer.add_diagnostic("mms/misclassified_selected", wrong.float().mean())
+            context.add_diagnostic("mms/misclassified_selected", wrong.float().mean())
         self._seconds["scoring"] += time.perf_counter() - start
         return take_rows(pool, mine)
 
     def score_pool(self, model: nn.Module, pool: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """MMS and predicted class of every candidate: eval mode, no gradient, length-sorted chunks."""
-        trainer = self.trainer
-        net = trainer.accelerator.unwrap_model(model)
+        context = self.context
+        net = context.accelerator.unwrap_model(model)
         was_training = net.training
         net.eval()
         size = len(pool[INDEX_KEY])
@@ -75,13 +87,13 @@ class PoolSelection(SelectionMode):
         # Length-sorted chunks of one training batch: a chunk is padded to its longest candidate, and on MRPC
         # at batch 32 they gave select 1.06-1.24x the throughput of chunks of 4 batches, whose padding outweighs
         # the fewer forward passes (docs/RESULTS.md, "Select's scoring chunks").
-        chunk = trainer.args.mms_scoring_batch_size or trainer.args.per_device_train_batch_size
-        drop = {INDEX_KEY, "labels", *trainer.label_names}
-        capture = trainer.feature_capture
+        chunk = context.args.mms_scoring_batch_size or context.args.per_device_train_batch_size
+        drop = {INDEX_KEY, "labels", *context.label_names}
+        capture = context.feature_capture
         try:
             # no_grad, not inference_mode: FSDP2 would keep the weights it gathers here as inference tensors,
             # which the next training forward cannot use.
-            with torch.no_grad(), trainer.compute_loss_context_manager():
+            with torch.no_grad(), context.forward_context():
                 for first in range(0, size, chunk):
                     rows = order[first : first + chunk].to(scores.device)
                     batch = take_rows(pool, rows)
@@ -97,7 +109,7 @@ class PoolSelection(SelectionMode):
         self, pool: dict[str, Any], scores: torch.Tensor, predicted: torch.Tensor
     ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
         """Every process's pool and scores, in process order (each candidate was scored by its own process)."""
-        accelerator = self.trainer.accelerator
+        accelerator = self.context.accelerator
         gathered = {}
         for key, value in pool.items():
             if isinstance(value, torch.Tensor) and value.dim() >= 1:
@@ -111,7 +123,7 @@ class PoolSelection(SelectionMode):
         """Count the labels of the examples that will be trained on, not of the whole pools."""
         if num_items is None or not batch_samples or not all(INDEX_KEY in batch for batch in batch_samples):
             return num_items  # evaluation batches are no pools
-        args = self.trainer.args
+        args = self.context.args
         pool = sum(len(batch[INDEX_KEY]) for batch in batch_samples)
         chosen = sum(
             pool_size_to_select(len(batch[INDEX_KEY]) * args.world_size, args.mms_pool_factor, args.world_size)
