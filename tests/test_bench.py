@@ -3,7 +3,6 @@
 import argparse
 import math
 import os
-import subprocess
 import sys
 
 import form_study
@@ -230,15 +229,13 @@ def test_selection_study_runs_heldout_grid_then_interleaved_arms(tmp_path, monke
     assert summary["arms"]["uniform_short"]["total_steps_ratio"] == 0.7
 
 
-def test_the_short_uniform_control_needs_the_cached_arm(tmp_path):
-    script = os.path.join(os.path.dirname(time_to_accuracy.__file__), "time_to_accuracy.py")
-    done = subprocess.run(
-        [sys.executable, script, "--out", str(tmp_path), "--arms", "uniform", "uniform_short"],
-        capture_output=True,
-        text=True,
-        check=False,
+def test_the_short_uniform_control_needs_the_cached_arm(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(
+        sys, "argv", ["time_to_accuracy.py", "--out", str(tmp_path), "--arms", "uniform", "uniform_short"]
     )
-    assert done.returncode == 2 and "--arms uniform_short needs cached too" in done.stderr
+    with pytest.raises(SystemExit) as stop:
+        time_to_accuracy.main()
+    assert stop.value.code == 2 and "--arms uniform_short needs cached too" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
 
 
@@ -258,9 +255,8 @@ def test_flip_labels_flips_exactly_the_requested_share_to_other_classes():
 
 
 def test_detection_scores_against_the_true_flips():
-    from label_errors import average_precision, detection, precision_at
-
     import numpy as np
+    from label_errors import average_precision, detection, precision_at
 
     positives, scores = np.array([True, False, True, False]), np.array([0.9, 0.8, 0.7, 0.1])
     assert average_precision(scores, positives) == pytest.approx((1 / 1 + 2 / 3) / 2)

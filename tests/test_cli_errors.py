@@ -522,3 +522,32 @@ def test_a_fault_mid_run_prints_the_error_last(glue_dir, tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     assert "it/s" in result.stderr  # the bar was drawn ...
     assert result.stderr.rstrip().splitlines()[-1] == "run_glue_mmr.py: error: the training loss is nan at step 2"
+
+
+def test_missing_optuna_is_a_one_line_error(glue_dir, tmp_path, monkeypatch, capsys):
+    import run_glue_mmr
+
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sentinel").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        run_glue_mmr.main(
+            [
+                "--task_name",
+                "rte",
+                "--glue_dir",
+                glue_dir,
+                "--do_train",
+                "--max_train_samples",
+                "20",
+                "--mmr_search_trials",
+                "2",
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--overwrite_output_dir",
+                "true",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert 'pip install "hf-mmr[search]"' in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == ["sentinel"]

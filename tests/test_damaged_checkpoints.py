@@ -15,7 +15,7 @@ import sys
 import pytest
 from conftest import make_trainer, subprocess_env, synthetic_dataset
 
-from hf_mmr import CheckpointError, MMRError
+from hf_mmr import CheckpointError
 from hf_mmr.recovery import COMPLETE_MARKER, check_resumable, checkpoint_problem, last_complete_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,45 +107,6 @@ def test_resuming_cached_mode_by_path_needs_its_mms_state(saved):
     plain = make_trainer(saved, None, synthetic_dataset(n=16), per_device_train_batch_size=4, max_steps=5)
     plain.train(resume_from_checkpoint=str(saved / "checkpoint-4"))
     assert plain.state.global_step == 5
-
-
-def test_every_error_of_the_package_is_an_mmr_error():
-    import run_glue_mmr
-    from hf_mmr import errors
-
-    classes = [value for value in vars(errors).values() if isinstance(value, type) and issubclass(value, Exception)]
-    assert len(classes) >= 6 and all(issubclass(cls, MMRError) for cls in classes)
-    assert issubclass(run_glue_mmr.UsageError, MMRError)
-    # The library functions a user calls directly raise it too (still ValueErrors, as they were).
-    import numpy as np
-    import torch
-
-    from hf_mmr import expected_calibration_error, make_mmr_hp_space, mmr_penalty
-
-    features, weight, labels = torch.ones(2, 3), torch.eye(2, 3), torch.tensor([0, 1])
-    for call in (
-        lambda: mmr_penalty(features, weight, labels, top_k=2),
-        lambda: mmr_penalty(features, weight, labels, form="hinge"),
-        lambda: make_mmr_hp_space((0.1, 0.01)),
-        lambda: expected_calibration_error(np.ones((2, 2)), np.ones(3)),
-    ):
-        with pytest.raises(MMRError):
-            call()
-
-
-def test_select_warns_when_the_pool_is_larger_than_the_data(tmp_path, caplog):
-    trainer = make_trainer(
-        tmp_path,
-        None,
-        synthetic_dataset(n=10),
-        per_device_train_batch_size=4,
-        max_steps=1,
-        mms_selection="select",
-        mms_pool_factor=4,
-    )
-    with caplog.at_level(logging.WARNING, logger="hf_mmr.trainer"):
-        trainer.train()
-    assert "a pool holds 16 candidates but the training set has 10 examples, so each step trains on 3" in caplog.text
 
 
 # ---------------------------------------------------------------- the command line

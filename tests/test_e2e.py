@@ -274,7 +274,9 @@ def test_train_margins_table_and_the_suspects_report(mrpc_run, tmp_path):
     assert len(table) == 400 and table["index"].tolist() == list(range(400))
     texts_and_names = {"sentence1", "sentence2", "label_name", "last_prediction_name", "aum_epoch_1", "aum_epoch_2"}
     assert set(TABLE_COLUMNS) | texts_and_names == set(table.columns)
-    assert table["seen"].sum() == 30 * 16  # 30 steps of 16 (1.2 epochs), each example counted each time it was trained on
+    assert (
+        table["seen"].sum() == 30 * 16
+    )  # 30 steps of 16 (1.2 epochs), each example counted each time it was trained on
     seen = table[table["seen"] > 0]
     assert set(seen["label_name"]) <= {"equivalent", "not_equivalent"} and seen["aum"].notna().all()
     assert (seen["suspect"] == (seen["aum"] < 0)).all()
@@ -308,38 +310,6 @@ def test_cleanlab_label_issues_of_the_real_run_carry_the_texts_and_names(mrpc_ru
     assert (trained["label_quality_score"].between(0, 1)).all()
 
 
-def report_error(argv: list[str], capsys) -> str:
-    """The one-line error with which ``python -m hf_mmr.report`` stops (exit code 2)."""
-    from hf_mmr.report import main
-
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    assert stop.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
-def test_report_names_a_missing_run(tmp_path, capsys):
-    assert "trainer_state.json" in report_error([str(tmp_path)], capsys)
-
-
-@pytest.mark.parametrize(
-    "name,content,words",
-    [
-        ("trainer_state.json", '{"log_history": [', "is not valid JSON"),
-        ("trainer_state.json", '{"log_history": {}}', "has no log_history list"),
-        ("eval_mms.npy", "cut", "cannot be read"),
-        ("train_margins.csv", "index,label\n0,1\n", "lacks the column 'seen'"),
-    ],
-)
-def test_report_names_a_damaged_file_of_the_run(tmp_path, capsys, name, content, words):
-    (tmp_path / "trainer_state.json").write_text('{"log_history": []}')
-    (tmp_path / name).write_text(content)
-    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-    error = report_error([str(tmp_path), "--suspects", "3"], capsys)
-    assert str(tmp_path / name) in error and words in error
-    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # nothing written or removed
-
-
 @pytest.mark.e2e
 def test_pipeline_loads_the_output_without_hf_mmr(mrpc_run):
     code = f"""
@@ -353,11 +323,3 @@ print(result)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "equivalent" in result.stdout
-
-
-def test_report_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
-    """`pip install hf-mmr` has no matplotlib: the report says in one line how to get it."""
-    (tmp_path / "trainer_state.json").write_text('{"log_history": []}')
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without matplotlib sees
-    error = report_error([str(tmp_path)], capsys)
-    assert error.endswith('plotting needs matplotlib: pip install "hf-mmr[plot]"')

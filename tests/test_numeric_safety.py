@@ -42,11 +42,20 @@ def test_all_zero_features(tmp_path):
     assert next(e["mmr/radius"] for e in trainer.state.log_history if "loss" in e) < 1e-5
 
 
-def test_single_class_in_the_batch(tmp_path):
+@pytest.mark.parametrize("form", ["weights", "margin"])
+def test_single_class_in_the_batch(tmp_path, form):
+    """Every label is class 2 and every prediction too: the rival classes must still be the other two (a
+    penalty that let the label be its own rival would be 0 in the weights form), and no margin is 0."""
     dataset = synthetic_dataset(n=16)
     for item in dataset:
         item["labels"] = torch.tensor(2)
-    assert_finite(two_steps(tmp_path, tiny_model("bert", num_labels=3), dataset=dataset))
+    model = tiny_model("bert", num_labels=3)
+    with torch.no_grad():
+        model.classifier.bias[2] = 10.0  # class 2 wins every example, so it is every label's strongest logit
+    trainer = two_steps(tmp_path, model, dataset=dataset, mmr_form=form, learning_rate=1e-5)
+    assert_finite(trainer)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all(entry["mmr/penalty"] > 1e-3 and entry["mms/mean"] > 0 for entry in logs)
 
 
 def test_large_features_under_fp16(tmp_path):

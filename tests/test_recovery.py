@@ -1,4 +1,4 @@
-"""Numeric safety, non-finite losses, complete-checkpoint markers and SIGTERM during a real run."""
+"""Complete-checkpoint markers, and SIGTERM during a real run: a checkpoint is saved and the same command resumes."""
 
 import json
 import os

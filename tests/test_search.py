@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import pytest
 from conftest import search_two_trials
@@ -47,35 +46,6 @@ def test_search_on_two_processes(tmp_path):
     assert len(rank0["lambdas"]) == 2 and rank0["lambdas"] == rank1["lambdas"]  # both ranks ran the same trials
     assert rank0["lambdas"][0] != rank0["lambdas"][1]
     assert rank0["best"] is not None and rank1["best"] is None  # optuna's study lives on rank 0
-
-
-def test_missing_optuna_is_a_one_line_error(glue_dir, tmp_path, monkeypatch, capsys):
-    import run_glue_mmr
-
-    monkeypatch.setitem(sys.modules, "optuna", None)
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "sentinel").write_text("mine")
-    with pytest.raises(SystemExit) as exit_info:
-        run_glue_mmr.main(
-            [
-                "--task_name",
-                "rte",
-                "--glue_dir",
-                glue_dir,
-                "--do_train",
-                "--max_train_samples",
-                "20",
-                "--mmr_search_trials",
-                "2",
-                "--output_dir",
-                str(tmp_path / "out"),
-                "--overwrite_output_dir",
-                "true",
-            ]
-        )
-    assert exit_info.value.code == 2
-    assert 'pip install "hf-mmr[search]"' in capsys.readouterr().err
-    assert os.listdir(tmp_path / "out") == ["sentinel"]
 
 
 def test_search_mmr_setting_holds_out_train_reports_every_trial_and_is_reused(tmp_path):
