@@ -108,12 +108,14 @@ def task_splits(
     if task_name == TREC:
         train, evaluation = _trec_splits(trec_dir)
     else:
+        from hf_mmr import GlueDataError
         from hf_mmr.glue import get_task, load_glue_tsv
 
-        if not os.path.isdir(os.path.join(glue_dir, get_task(task_name).folder)):
-            raise SystemExit(f"--glue_dir {glue_dir!r} has no {get_task(task_name).folder}/ folder")
         dev_split = get_task(task_name).eval_splits[0]
-        raw = load_glue_tsv(glue_dir, task_name, ["train", dev_split])
+        try:  # the package's own checks of the folder and files, one line each
+            raw = load_glue_tsv(glue_dir, task_name, ["train", dev_split])
+        except GlueDataError as error:
+            raise SystemExit(str(error)) from None
         train, evaluation = raw["train"], raw[dev_split]
     train = train.shuffle(seed=0)
     if train_size is not None:
