@@ -356,7 +356,7 @@ def provenance() -> dict:
     from hf_mmr import default_model_dir
 
     def git(*args: str) -> str:
-        result = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True)
+        result = subprocess.run(["git", "-C", ROOT, *args], check=False, capture_output=True, text=True)
         return result.stdout.strip() if result.returncode == 0 else "unknown"
 
     return {

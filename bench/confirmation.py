@@ -278,8 +278,10 @@ def summary_lines(results: dict[str, dict], rerun: dict | None) -> list[str]:
         return f"{100 * test['mean']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] ({test['seeds_better']}/{test['n']})"
 
     lines = [
-        "| task | arm | setting | dev accuracy | dev ECE | ECE after T (other half of dev) | confidence − accuracy | "
-        "dev NLL | fitted flips | fitted clean |",
+        (
+            "| task | arm | setting | dev accuracy | dev ECE | ECE after T (other half of dev) | confidence − accuracy | "
+            "dev NLL | fitted flips | fitted clean |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, result in results.items():

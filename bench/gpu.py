@@ -33,7 +33,7 @@ SMOKE = {"architectures": ("tiny",), "steps": 4, "warmup": 1, "repeats": 1, "bat
 
 def run(command: list[str], log: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "bench")]), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
     if log:
         with open(log, "w") as handle:
             handle.write(result.stdout + result.stderr)
@@ -48,10 +48,12 @@ def readme(results: dict[str, dict], environment: dict, command: str, tests: str
     lines = [
         "# GPU overhead of hf-mmr",
         "",
-        f"Made by `{command}` on {environment['device']} (torch {environment['torch']}, transformers "
-        f"{environment['transformers']}, {environment['date']}). Synthetic token ids, models built from their "
-        "configs with random weights, bf16 mixed precision where the device is CUDA; each arm in its own process, "
-        "repetitions interleaved; ratios against the plain `Trainer` of the same repetition, median (range).",
+        (
+            f"Made by `{command}` on {environment['device']} (torch {environment['torch']}, transformers "
+            f"{environment['transformers']}, {environment['date']}). Synthetic token ids, models built from their "
+            "configs with random weights, bf16 mixed precision where the device is CUDA; each arm in its own process, "
+            "repetitions interleaved; ratios against the plain `Trainer` of the same repetition, median (range)."
+        ),
         "",
         f"CUDA tests: {tests}",
         "",
@@ -69,10 +71,12 @@ def readme(results: dict[str, dict], environment: dict, command: str, tests: str
     settings = next(iter(results.values()))
     lines += [
         "",
-        f"Batch {settings['batch']}, {settings['seq_len']} tokens, {settings['steps']} steps of which the first "
-        f"{settings['warmup_steps']} are not timed, {settings['repeats']} repetitions; select at r = "
-        f"{settings['pool_factor']}. Arms: `mmr` and `mmr_margin` are the two forms at λ = 0.1, `record` is "
-        "`record_margins` with MMR off.",
+        (
+            f"Batch {settings['batch']}, {settings['seq_len']} tokens, {settings['steps']} steps of which the first "
+            f"{settings['warmup_steps']} are not timed, {settings['repeats']} repetitions; select at r = "
+            f"{settings['pool_factor']}. Arms: `mmr` and `mmr_margin` are the two forms at λ = 0.1, `record` is "
+            "`record_margins` with MMR off."
+        ),
         "",
     ]
     return "\n".join(lines)

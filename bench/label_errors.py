@@ -587,12 +587,16 @@ def cleanlab_lines(result: dict) -> list[str]:
 
     choice = result["choice"]
     lines = [
-        f"label_quality = `{choice['label_quality']}`, suspect = `{choice['suspect']}` (chosen on uniform "
-        f"{CHOICE_CONDITION[1]:g} noise, seeds {', '.join(map(str, CHOICE_SEEDS))}: AUPRC {choice['auprc']}, "
-        f"F1 {choice['f1']})",
+        (
+            f"label_quality = `{choice['label_quality']}`, suspect = `{choice['suspect']}` (chosen on uniform "
+            f"{CHOICE_CONDITION[1]:g} noise, seeds {', '.join(map(str, CHOICE_SEEDS))}: AUPRC {choice['auprc']}, "
+            f"F1 {choice['f1']})"
+        ),
         "",
-        "| task / condition | AUPRC label_quality | AUPRC cleanlab 1 run | AUPRC cleanlab 5-fold | label_quality − 5-fold, "
-        "95 % CI | F1 suspect | F1 cleanlab 1 run | F1 cleanlab 5-fold | suspect − 5-fold | steps: 1 run / 5-fold |",
+        (
+            "| task / condition | AUPRC label_quality | AUPRC cleanlab 1 run | AUPRC cleanlab 5-fold | label_quality − 5-fold, "
+            "95 % CI | F1 suspect | F1 cleanlab 1 run | F1 cleanlab 5-fold | suspect − 5-fold | steps: 1 run / 5-fold |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, entry in result["conditions"].items():
@@ -680,9 +684,11 @@ def summary_lines(tasks: dict[str, dict]) -> list[str]:
         return f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
     lines = [
-        "| task | noise | flips | AUPRC −aum | AUPRC −logit_aum | AUPRC loss | AUPRC −confidence | P@k −aum | "
-        "P@k −logit_aum | P@k loss | P@k −confidence | aum < 0: precision | recall | dev acc. | dev ECE | "
-        "flipped memorized |",
+        (
+            "| task | noise | flips | AUPRC −aum | AUPRC −logit_aum | AUPRC loss | AUPRC −confidence | P@k −aum | "
+            "P@k −logit_aum | P@k loss | P@k −confidence | aum < 0: precision | recall | dev acc. | dev ECE | "
+            "flipped memorized |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, result in tasks.items():
@@ -697,8 +703,10 @@ def summary_lines(tasks: dict[str, dict]) -> list[str]:
             )
     lines += ["", f"Payoff at {PAYOFF_NOISE:g} noise (clean dev accuracy, ECE and NLL; mean ± sd over seeds):", ""]
     lines += [
-        "| task | metric | noisy | cleaned (aum < 0 removed) | oracle (true flips removed) | "
-        "cleaned − noisy, 95 % CI | oracle − noisy | removed by the rule |",
+        (
+            "| task | metric | noisy | cleaned (aum < 0 removed) | oracle (true flips removed) | "
+            "cleaned − noisy, 95 % CI | oracle − noisy | removed by the rule |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for task, result in tasks.items():

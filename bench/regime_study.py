@@ -179,9 +179,11 @@ def summary_lines(results: dict[str, dict]) -> list[str]:
         return f"{scale * entry['mean']:+.2f} [{scale * low:+.2f}, {scale * high:+.2f}] ({entry['seeds_better']}/{entry['n']})"
 
     lines = [
-        "| task | condition | arm | setting | dev accuracy | dev ECE | dev NLL | acc. − baseline, points | "
-        "acc. − label smoothing, points | ECE − baseline, points | ECE − label smoothing, points | "
-        "flipped memorized | memorized − baseline, points |",
+        (
+            "| task | condition | arm | setting | dev accuracy | dev ECE | dev NLL | acc. − baseline, points | "
+            "acc. − label smoothing, points | ECE − baseline, points | ECE − label smoothing, points | "
+            "flipped memorized | memorized − baseline, points |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, result in results.items():

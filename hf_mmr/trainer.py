@@ -399,13 +399,13 @@ class MMRTrainer(TrainerHooks):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the window averages of the MMR and MMS diagnostics, and the selection mode's entries, to the logs."""
         if "loss" in logs and self._window:
-            reduce = None
-            if self.args.world_size > 1:
-                device = self.args.device
-                reduce = lambda means: self.accelerator.reduce(means.to(device), reduction="mean").cpu()  # noqa: E731
-            logs.update(self._window.pop_means(reduce))
+            logs.update(self._window.pop_means(self._mean_over_processes if self.args.world_size > 1 else None))
             self.selection.log(logs)
         super().log(logs, start_time)
+
+    def _mean_over_processes(self, means: torch.Tensor) -> torch.Tensor:
+        """The mean of ``means`` over the processes (the logging window's averages are per process)."""
+        return self.accelerator.reduce(means.to(self.args.device), reduction="mean").cpu()
 
     def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
         """The Trainer's model card, tagged ``hf-mmr`` and ``text-classification``, with every MMR/MMS setting."""

@@ -3,6 +3,7 @@
 import argparse
 import ast
 import os
+from pathlib import Path
 
 import transformers
 from conftest import tiny_model
@@ -20,7 +21,7 @@ PACKAGE = os.path.dirname(hf_mmr.__file__)
 
 def private_names() -> set[str]:
     """Private names of ``Trainer`` (methods and the attributes it sets) and of argparse's parser."""
-    trainer_source = open(transformers.trainer.__file__, encoding="utf-8").read()
+    trainer_source = Path(transformers.trainer.__file__).read_text(encoding="utf-8")
     names = {name for name in dir(Trainer) if name.startswith("_") and not name.startswith("__")}
     names |= {node.attr for node in ast.walk(ast.parse(trainer_source)) if isinstance(node, ast.Attribute)}
     parser = argparse.ArgumentParser()
@@ -51,7 +52,7 @@ def test_no_private_trainer_or_argparse_attribute_outside_compat():
             path = os.path.join(folder, name)
             if not name.endswith(".py") or path == os.path.join(PACKAGE, "compat.py"):
                 continue
-            tree = ast.parse(open(path, encoding="utf-8").read())
+            tree = ast.parse(Path(path).read_text(encoding="utf-8"))
             own = own_names(tree)
             for node in ast.walk(tree):
                 if isinstance(node, ast.Attribute) and node.attr in private and node.attr not in own:

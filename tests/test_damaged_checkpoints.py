@@ -140,7 +140,13 @@ def command(glue_dir, out, *more):
 
 def script(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=cwd
+        [sys.executable, SCRIPT, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=subprocess_env(),
+        cwd=cwd,
     )
 
 
@@ -150,7 +156,7 @@ def killed_run(glue_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("killed") / "out"
     driver = KILLED_MID_SAVE.format(root=ROOT, args=command(glue_dir, out))
     result = subprocess.run(
-        [sys.executable, "-c", driver], capture_output=True, text=True, timeout=600, env=subprocess_env()
+        [sys.executable, "-c", driver], check=False, capture_output=True, text=True, timeout=600, env=subprocess_env()
     )
     assert result.returncode == -9, result.stderr[-3000:]
     assert not (out / "checkpoint-6" / COMPLETE_MARKER).exists() and (out / "checkpoint-6").is_dir()

@@ -3,6 +3,7 @@
 import ast
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import tiny_model
@@ -27,7 +28,7 @@ PACKAGE = os.path.dirname(hf_mmr.__file__)
 
 def raised_names(path: str) -> list[tuple[str, int]]:
     """The class names of every ``raise Name(...)`` in a source file, with their lines."""
-    tree = ast.parse(open(path, encoding="utf-8").read())
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
