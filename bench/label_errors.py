@@ -60,6 +60,8 @@ from common import (
     write_summary,
 )
 
+from hf_mmr.suspects import normalized, suspects
+
 TRAIN_SIZES = {"sst2": 4000, "trec": None}
 NOISE_LEVELS = (0.1, 0.2, 0.3)
 PAYOFF_NOISE = 0.2
@@ -351,12 +353,6 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(values, kind="stable"), kind="stable").astype(np.float64)
 
 
-def normalized(probs: Any) -> np.ndarray:
-    """Probability rows summing to 1 (rounding), for cleanlab."""
-    probs = np.asarray(probs, dtype=np.float64)
-    return probs / probs.sum(axis=1, keepdims=True)
-
-
 def rankings(record: dict, labels: np.ndarray, cv_probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every ranking of the study, oriented so that larger = likelier a label error.
 
@@ -390,15 +386,17 @@ def cutoffs(
 
     ``aum_negative`` (the first rule); ``cleanlab_one_run``, cleanlab's ``find_label_issues`` (prune by its
     estimated noise rate) on the recorded probabilities; ``top_k_label_quality``, the ``label_quality``
-    ranking's top k, k the number cleanlab flags there; with ``cv_probs``, ``cleanlab_cv``.
+    ranking's top k, k confident learning's calibrated estimate of the number of label errors in the recorded
+    probabilities (``hf_mmr.suspects.suspects``, the library's ``suspect``); with ``cv_probs``, ``cleanlab_cv``.
     """
     from cleanlab.filter import find_label_issues
 
-    one_run = np.asarray(find_label_issues(labels, normalized(record["train_probs"])), dtype=bool)
-    top = np.zeros(len(labels), dtype=bool)
-    top[np.argsort(-label_quality, kind="stable")[: int(one_run.sum())]] = True
-    result = {"aum_negative": _column(record["train_margins"]["aum"]) < 0, "cleanlab_one_run": one_run}
-    result["top_k_label_quality"] = top
+    probs = normalized(record["train_probs"])
+    result = {
+        "aum_negative": _column(record["train_margins"]["aum"]) < 0,
+        "cleanlab_one_run": np.asarray(find_label_issues(labels, probs), dtype=bool),
+        "top_k_label_quality": suspects(-label_quality, labels, probs),  # the ranking is larger = likelier
+    }
     if cv_probs is not None:
         result["cleanlab_cv"] = np.asarray(find_label_issues(labels, normalized(cv_probs)), dtype=bool)
     return result

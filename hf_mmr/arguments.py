@@ -122,7 +122,8 @@ class MMRTrainingArguments(TrainingArguments):
         metadata={
             "help": "Record every training example's margins from the training forward pass (no extra pass) and "
             "write train_margins.csv: aum (mean signed distance of its features to the boundary of its given "
-            "label), logit_aum, mean loss, confidence, variability, and suspect = aum < 0 (a likely label error)."
+            "label), logit_aum, mean loss, confidence, variability, label_quality (= aum; lower = likelier a label "
+            "error) and suspect (the lowest label_quality, as many as the estimated number of label errors)."
         },
     )
 

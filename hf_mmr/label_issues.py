@@ -18,6 +18,7 @@ import numpy as np
 from .errors import MissingPackageError, RunFolderError
 from .outputs import record
 from .recording import PROBS_FILE, text_columns
+from .suspects import normalized
 
 # Written into the run's folder: one row per training example.
 ISSUES_FILE = "label_issues.csv"
@@ -41,9 +42,9 @@ def find_label_issues(output_dir: str, write: bool = True) -> Any:
     """cleanlab's label issues of a run's training examples, as a DataFrame (and ``OUTPUT_DIR/label_issues.csv``).
 
     Columns: ``index``, the texts, ``label`` (given), ``suggested_label`` (the class with the highest mean
-    probability), ``label_quality_score`` (cleanlab's, lower = likelier an error), ``aum`` (hf-mmr's),
-    ``is_label_issue`` (cleanlab's ``find_label_issues``, pruning by its estimated noise rate), with the
-    label names beside the ids where the run wrote them.
+    probability), ``label_quality_score`` (cleanlab's, lower = likelier an error), hf-mmr's ``label_quality``
+    and ``suspect`` (``suspects.py``), ``is_label_issue`` (cleanlab's ``find_label_issues``, pruning by its
+    estimated noise rate), with the label names beside the ids where the run wrote them.
     """
     try:
         from cleanlab.filter import find_label_issues as cleanlab_issues
@@ -62,7 +63,7 @@ def find_label_issues(output_dir: str, write: bool = True) -> Any:
     probs = load_probabilities(output_dir, len(table)).astype(np.float64)
     trained = (table["seen"] > 0).to_numpy()
     labels = table.loc[trained, "label"].astype(int).to_numpy()
-    seen_probs = probs[trained] / probs[trained].sum(axis=1, keepdims=True)  # float32 rounding off 1
+    seen_probs = normalized(probs[trained])
     quality = np.full(len(table), np.nan)
     issue = pd.array([None] * len(table), dtype="boolean")
     suggested = pd.array([None] * len(table), dtype="Int64")
@@ -79,7 +80,8 @@ def find_label_issues(output_dir: str, write: bool = True) -> Any:
     columns["suggested_label"] = suggested
     if names is not None:
         columns["suggested_label_name"] = pd.Series(suggested).map(names)
-    columns.update(label_quality_score=quality, aum=table["aum"], is_label_issue=issue)
+    columns.update(label_quality_score=quality, label_quality=table["label_quality"], suspect=table["suspect"])
+    columns["is_label_issue"] = issue
     issues = pd.DataFrame(columns)
     if write:
         issues.to_csv(os.path.join(output_dir, ISSUES_FILE), index=False)

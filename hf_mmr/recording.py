@@ -12,10 +12,11 @@ predicted probabilities) and, per epoch, ``m`` and a count (so early-training av
 
 ``table()`` turns the sums into one row per example (``TABLE_COLUMNS``, then ``aum_epoch_1``,
 ``aum_epoch_2``, ...: the mean of ``m`` within each epoch): ``aum`` is the mean of ``m``,
-``logit_aum`` AUM as Pleiss et al. define it, ``suspect`` the rule ``aum < 0`` (on average the model
-preferred another class). ``probabilities()`` is the mean probability vector of every example
-(``train_probs.npy``). Memory is O(N·C + N·E) for C classes and E epochs; the sums stay on the
-training device, so a step costs no host sync, and they travel with every checkpoint.
+``logit_aum`` AUM as Pleiss et al. define it, ``label_quality`` and ``suspect`` the ranking and the cutoff
+of ``suspects.py`` (the examples likeliest to be mislabelled, as many as the data's estimated noise rate
+implies). ``probabilities()`` is the mean probability vector of every example (``train_probs.npy``).
+Memory is O(N·C + N·E) for C classes and E epochs; the sums stay on the training device, so a step costs
+no host sync, and they travel with every checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .margins import label_margins
+from .suspects import label_quality, normalized, suspects
 
 # Written into output_dir by record_margins: one row per training example.
 MARGINS_FILE = "train_margins.csv"
@@ -48,6 +50,7 @@ TABLE_COLUMNS = (
     "confidence",
     "variability",
     "last_prediction",
+    "label_quality",
     "suspect",
 )
 
@@ -147,7 +150,9 @@ class MarginRecorder:
         means[:, ~trained] = float("nan")
         margin, logit_margin, loss, p, p_squared = means.numpy()
         variability = (p_squared - p * p).clip(min=0.0) ** 0.5
-        suspect = pd.array([bool(m < 0) if t else None for m, t in zip(margin, trained.tolist())], dtype="boolean")
+        quality = label_quality(margin)
+        flags = suspects(quality, state["label"].numpy(), normalized(self.probabilities()))  # as train_probs.npy
+        suspect = pd.array([bool(f) if t else None for f, t in zip(flags, trained.tolist())], dtype="boolean")
 
         def as_ids(column: torch.Tensor) -> Any:  # -1 (never seen) becomes an empty cell
             return pd.array([int(v) if v >= 0 else None for v in column.tolist()], dtype="Int64")
@@ -166,6 +171,7 @@ class MarginRecorder:
                 "confidence": p,
                 "variability": variability,
                 "last_prediction": as_ids(state["last_prediction"]),
+                "label_quality": quality,
                 "suspect": suspect,
                 **by_epoch,
             },

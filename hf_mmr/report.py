@@ -12,8 +12,9 @@ directory (or ``--out``):
   histogram of the training examples' AUM and dataset cartography's map (mean confidence against
   its variability), coloured by AUM.
 
-``--suspects K`` prints the K training examples of the first run with the lowest AUM: the likeliest
-label errors, with their text, given label, last predicted label and AUM. ``--cleanlab`` runs
+``--suspects`` prints the first run's suspects (the examples its ``suspect`` column flags: as many of the
+lowest ``label_quality`` as the estimated number of label errors), ``--suspects K`` its K lowest, with their
+text, given label, last predicted label and ``label_quality``. ``--cleanlab`` runs
 cleanlab on the first run's recorded probabilities and writes its ``label_issues.csv``
 (``hf_mmr.label_issues``).
 """
@@ -28,6 +29,13 @@ import sys
 import numpy as np
 
 from .errors import MMRError, RunFolderError
+
+FLAGGED = "flagged"  # --suspects without K
+
+
+def count(text: str) -> int | str:
+    """``--suspects``' value: a number of examples (or ``FLAGGED``, its value without K)."""
+    return text if text == FLAGGED else int(text)
 
 
 def training_series(state: dict) -> dict[str, tuple[list[int], list[float]]]:
@@ -128,22 +136,31 @@ def load_margins(output_dir: str):
         raise RunFolderError(f"{path} cannot be read as CSV ({str(error).strip()})") from None
     missing = [column for column in TABLE_COLUMNS if column not in table.columns]
     if missing:
-        raise RunFolderError(f"{path} lacks the column {missing[0]!r}; is it a train_margins.csv of hf-mmr?")
+        raise RunFolderError(
+            f"{path} lacks the column {missing[0]!r}: not a train_margins.csv of this hf-mmr version; "
+            "train again with --record_margins true"
+        )
     return table
 
 
-def suspects(table, k: int) -> str:
-    """The ``k`` trained examples with the lowest AUM, one line each: index, labels, AUM and the text."""
+def suspects(table, k: int | None = None) -> str:
+    """The flagged suspects (``k`` None) or the ``k`` trained examples with the lowest ``label_quality``,
+    likeliest first, one line each: index, labels, ``label_quality`` and the text."""
     from .recording import text_columns
 
     texts = text_columns(table)
     given = "label_name" if "label_name" in table.columns else "label"
     predicted = "last_prediction_name" if "last_prediction_name" in table.columns else "last_prediction"
-    lowest = table[table["seen"] > 0].sort_values("aum", kind="stable").head(k)
-    lines = [f"{'index':>7}  {'aum':>8}  given -> predicted  text"]
+    trained = table[table["seen"] > 0]
+    flagged = int(trained["suspect"].astype(bool).sum())
+    lowest = trained.sort_values("label_quality", kind="stable").head(flagged if k is None else k)
+    lines = [
+        f"{flagged} of {len(trained)} trained examples are suspects (the estimated number of label errors)",
+        f"{'index':>7}  {'quality':>8}  given -> predicted  text",
+    ]
     for _, row in lowest.iterrows():
         text = " | ".join(str(row[c]) for c in texts)
-        lines.append(f"{row['index']:>7}  {row['aum']:>8.3f}  {row[given]} -> {row[predicted]}  {text[:160]}")
+        lines.append(f"{row['index']:>7}  {row['label_quality']:>8.3f}  {row[given]} -> {row[predicted]}  {text[:160]}")
     return "\n".join(lines)
 
 
@@ -152,11 +169,14 @@ def plot_train_margins(table, path: str) -> None:
 
     trained = table[table["seen"] > 0]
     fig, (hist, carto) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    hist.hist(trained["aum"], bins=50)
-    hist.axvline(0, color="red", linestyle=":", label=f"aum < 0: {int((trained['aum'] < 0).sum())} suspects")
-    hist.set_title("training examples' AUM (mean signed margin of the given label)")
-    hist.set_xlabel("aum")
-    hist.legend(fontsize=8)
+    hist.hist(trained["label_quality"], bins=50)
+    flagged = trained[trained["suspect"].astype(bool)]
+    if len(flagged):
+        cutoff = flagged["label_quality"].max()
+        hist.axvline(cutoff, color="red", linestyle=":", label=f"suspects: the {len(flagged)} at or below {cutoff:.3f}")
+        hist.legend(fontsize=8)
+    hist.set_title("training examples' label_quality (= aum, mean signed margin of the given label)")
+    hist.set_xlabel("label_quality")
     points = carto.scatter(trained["variability"], trained["confidence"], c=trained["aum"], s=4, cmap="coolwarm_r")
     fig.colorbar(points, ax=carto, label="aum")
     carto.set_title("dataset cartography, coloured by AUM")
@@ -173,7 +193,14 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("output_dirs", nargs="+", help="run directories (compare several: baseline and MMR)")
     parser.add_argument("--out", help="where to write the PNGs (default: the first run directory)")
     parser.add_argument("--labels", nargs="+", help="a label per run (default: the directory names)")
-    parser.add_argument("--suspects", type=int, metavar="K", help="print the first run's K lowest-AUM examples")
+    parser.add_argument(
+        "--suspects",
+        type=count,
+        nargs="?",
+        const=FLAGGED,  # no K: the rows the suspect column flags
+        metavar="K",
+        help="print the first run's suspects, or with K its K examples of lowest label_quality",
+    )
     parser.add_argument(
         "--cleanlab",
         action="store_true",
@@ -189,11 +216,12 @@ def main(argv: list[str] | None = None) -> list[str]:
     except RunFolderError as error:
         parser.error(str(error))
     if options.suspects is not None:
-        if options.suspects < 1:
-            parser.error(f"--suspects must be >= 1, got {options.suspects}")
+        k = None if options.suspects == FLAGGED else options.suspects
+        if k is not None and k < 1:
+            parser.error(f"--suspects K needs K >= 1, got {k}")
         if margins is None:
             parser.error(f"{options.output_dirs[0]} has no train_margins.csv; train with --record_margins true")
-        print(suspects(margins, options.suspects))
+        print(suspects(margins, k))
     if options.cleanlab:
         from .label_issues import ISSUES_FILE, find_label_issues
 

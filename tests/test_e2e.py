@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import subprocess_env
 
@@ -288,7 +289,16 @@ def test_train_margins_table_and_the_suspects_report(mrpc_run, tmp_path):
     )  # 30 steps of 16 (1.2 epochs), each example counted each time it was trained on
     seen = table[table["seen"] > 0]
     assert set(seen["label_name"]) <= {"equivalent", "not_equivalent"} and seen["aum"].notna().all()
-    assert (seen["suspect"] == (seen["aum"] < 0)).all()
+    assert (seen["label_quality"] == seen["aum"]).all()
+    # suspect: the k lowest label_quality, k cleanlab's calibrated estimate of the label errors in train_probs.npy
+    from cleanlab.count import num_label_issues
+
+    from hf_mmr.suspects import normalized
+
+    probs = normalized(np.load(mrpc_run / "train_probs.npy")[seen["index"]])
+    k = num_label_issues(seen["label"].to_numpy(), probs, estimation_method="off_diagonal_calibrated")
+    flagged = seen.sort_values("label_quality", kind="stable").head(k)["index"]
+    assert k > 0 and sorted(seen.loc[seen["suspect"].astype(bool), "index"]) == sorted(flagged)
     metrics = json.loads((mrpc_run / "eval_results.json").read_text())
     assert 0 <= metrics["eval_ece"] <= 1 and metrics["eval_nll"] > 0
     result = subprocess.run(
@@ -300,10 +310,11 @@ def test_train_margins_table_and_the_suspects_report(mrpc_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    lowest = seen.sort_values("aum", kind="stable").head(5)
-    assert lines[0].split()[:2] == ["index", "aum"] and len(lines) >= 6
-    assert [int(line.split()[0]) for line in lines[1:6]] == lowest["index"].tolist()
-    assert lowest.iloc[0]["sentence1"][:40] in lines[1]
+    lowest = seen.sort_values("label_quality", kind="stable").head(5)
+    assert lines[0].startswith(f"{k} of {len(seen)} trained examples are suspects")
+    assert lines[1].split()[:2] == ["index", "quality"] and len(lines) >= 7
+    assert [int(line.split()[0]) for line in lines[2:7]] == lowest["index"].tolist()
+    assert lowest.iloc[0]["sentence1"][:40] in lines[2]
     png = tmp_path / "mmr_train_margins.png"
     assert png.is_file() and png.stat().st_size > 10_000
 

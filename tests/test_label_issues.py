@@ -34,7 +34,7 @@ def test_label_issues_are_cleanlabs_on_the_recorded_probabilities(recorded_run):
     issues = find_label_issues(str(out))
     written = pd.read_csv(out / "label_issues.csv")
     assert written.columns.tolist() == issues.columns.tolist() == [
-        "index", "label", "suggested_label", "label_quality_score", "aum", "is_label_issue",
+        "index", "label", "suggested_label", "label_quality_score", "label_quality", "suspect", "is_label_issue",
     ]  # fmt: skip
     probs = trainer.train_probs.astype(np.float64)
     probs /= probs.sum(axis=1, keepdims=True)
@@ -42,7 +42,9 @@ def test_label_issues_are_cleanlabs_on_the_recorded_probabilities(recorded_run):
     np.testing.assert_allclose(written["label_quality_score"], get_label_quality_scores(labels, probs), atol=1e-12)
     assert written["is_label_issue"].tolist() == cleanlab_issues(labels, probs).tolist()
     assert written["suggested_label"].tolist() == probs.argmax(axis=1).tolist()
-    np.testing.assert_allclose(written["aum"], trainer.train_margins["aum"])
+    np.testing.assert_allclose(written["label_quality"], trainer.train_margins["aum"])
+    assert written["suspect"].tolist() == trainer.train_margins["suspect"].tolist()
+    assert written["suspect"].sum() > 0  # the 10 flips give the estimate something to count
 
 
 def test_the_report_writes_label_issues_and_says_how_many(recorded_run, capsys):
@@ -73,3 +75,21 @@ def test_a_run_without_recorded_probabilities_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report_main([str(tmp_path), "--cleanlab"])
     assert "has no train_probs.npy; train with --record_margins true" in capsys.readouterr().err
+
+
+def test_the_report_prints_the_flagged_suspects_or_the_k_lowest(recorded_run, capsys):
+    out, trainer = recorded_run
+    table = trainer.train_margins
+    flagged = table[table["suspect"].astype(bool)].sort_values("label_quality", kind="stable")["index"].tolist()
+    report_main([str(out), "--suspects"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{len(flagged)} of 120 trained examples are suspects")
+    assert [int(line.split()[0]) for line in lines[2 : 2 + len(flagged)]] == flagged
+    report_main([str(out), "--suspects", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    lowest = table.sort_values("label_quality", kind="stable")["index"].head(3).tolist()
+    assert [int(line.split()[0]) for line in lines[2:5]] == lowest
+    assert not lines[5].split()[0].isdigit()  # then the plots' paths: exactly K rows
+    with pytest.raises(SystemExit):
+        report_main([str(out), "--suspects", "0"])
+    assert "--suspects K needs K >= 1, got 0" in capsys.readouterr().err

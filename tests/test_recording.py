@@ -8,11 +8,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from cleanlab.count import num_label_issues
 from conftest import make_trainer, synthetic_dataset, tiny_model
 
 from hf_mmr import MMRTrainer, label_margins
 from hf_mmr.recording import TABLE_COLUMNS
 from hf_mmr.sampling import INDEX_KEY
+from hf_mmr.suspects import normalized
 
 
 def test_label_margins_match_a_loop_over_classes():
@@ -110,7 +112,17 @@ def test_table_is_the_mean_over_every_time_an_example_was_trained_on(tmp_path, m
         assert row["confidence"] == pytest.approx(np.mean(ps), rel=1e-4)
         assert row["variability"] == pytest.approx(np.std(ps), rel=1e-3, abs=1e-6)
         assert row["label"] == labels[-1] and row["last_prediction"] == predictions[-1]
-        assert bool(row["suspect"]) == (np.mean(margins) < 0)
+        assert row["label_quality"] == row["aum"]
+    # suspect: the k lowest aum, k cleanlab's calibrated estimate of the label errors in the recorded probabilities
+    trained = sorted(index for index, visits in rows.items() if visits)
+    aum = {index: np.mean([visit[0] for visit in rows[index]]) for index in trained}
+    k = num_label_issues(
+        table["label"][trained].to_numpy(dtype=int),
+        normalized(trainer.train_probs[trained]),
+        estimation_method="off_diagonal_calibrated",
+    )
+    flagged = sorted(trained, key=aum.get)[:k]
+    assert sorted(table.index[table["suspect"].fillna(False).astype(bool)]) == sorted(flagged)
     if mode == "select":
         assert (table["seen"] == 0).any()  # the test covered never-trained examples too
 
