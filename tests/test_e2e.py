@@ -326,7 +326,8 @@ def test_cleanlab_label_issues_of_the_real_run_carry_the_texts_and_names(mrpc_ru
     issues = find_label_issues(str(mrpc_run))
     assert issues.columns[:3].tolist() == ["index", "sentence1", "sentence2"]
     trained = issues[issues["is_label_issue"].notna()]
-    assert len(trained) == (issues["aum"].notna()).sum() > 0
+    assert len(trained) == (issues["label_quality"].notna()).sum() > 0
+    assert trained["suspect"].notna().all() and issues.loc[issues["is_label_issue"].isna(), "suspect"].isna().all()
     assert set(trained["suggested_label_name"]) <= {"equivalent", "not_equivalent"}
     assert (trained["label_quality_score"].between(0, 1)).all()
 
