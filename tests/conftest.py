@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -66,6 +67,23 @@ def glue_dir() -> str:
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a script or worker a test starts: offline, quiet tokenizers, plus ``extra``."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
+
+
+def run_script(*args: str, env: dict[str, str] | None = None, cwd: str = ROOT, timeout: int = 600):
+    """``python run_glue_mmr.py ARGS`` as a user types it, in ``cwd``; its exit code and output are the test's."""
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(**(env or {})),
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}

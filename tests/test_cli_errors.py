@@ -7,13 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import subprocess_env
+from conftest import ROOT, run_script, subprocess_env
 
 from hf_mmr import default_model_dir
 from hf_mmr.recovery import COMPLETE_MARKER
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
 
 
 def write(path, text):
@@ -435,44 +432,28 @@ def test_real_command_line(tmp_path, name):
     """An argument error and a data error as real command lines, exit code included."""
     index = [case[0] for case in CASES].index(name)
     args, output_dir = prepare(tmp_path, index, CASES[index][1])
-    result = subprocess.run(
-        [sys.executable, SCRIPT, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=subprocess_env(),
-        cwd=tmp_path,
-    )
+    result = run_script(*args, cwd=str(tmp_path), timeout=300)
     check(result.returncode, result.stderr, CASES[index][2], output_dir)
 
 
 def test_missing_text_rows_can_be_dropped_on_request(tmp_path):
     train = write(tmp_path / "a.csv", "text,label\nhi there,pos\n,neg\nfine words,neg\nbad words,pos\n")
     dev = write(tmp_path / "b.csv", "text,label\nhello,pos\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            SCRIPT,
-            "--train_file",
-            train,
-            "--validation_file",
-            dev,
-            "--do_train",
-            "--max_steps",
-            "1",
-            "--save_strategy",
-            "no",
-            "--drop_rows_with_missing_text",
-            "--output_dir",
-            str(tmp_path / "out"),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
+    result = run_script(
+        "--train_file",
+        train,
+        "--validation_file",
+        dev,
+        "--do_train",
+        "--max_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--drop_rows_with_missing_text",
+        "--output_dir",
+        str(tmp_path / "out"),
+        cwd=str(tmp_path),
         timeout=300,
-        env=subprocess_env(),
-        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Dropped 1 rows with missing text from {train}" in result.stdout + result.stderr

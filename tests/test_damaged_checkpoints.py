@@ -13,13 +13,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_trainer, subprocess_env, synthetic_dataset
+from conftest import ROOT, make_trainer, run_script, subprocess_env, synthetic_dataset
 
 from hf_mmr import CheckpointError
 from hf_mmr.recovery import COMPLETE_MARKER, check_resumable, checkpoint_problem, last_complete_checkpoint
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
 
 
 def fingerprint(folder):
@@ -138,18 +135,6 @@ def command(glue_dir, out, *more):
     ]  # fmt: skip
 
 
-def script(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, SCRIPT, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=subprocess_env(),
-        cwd=cwd,
-    )
-
-
 @pytest.fixture(scope="module")
 def killed_run(glue_dir, tmp_path_factory):
     """run_glue_mmr.py killed by SIGKILL while saving checkpoint-6: checkpoints 2 and 4 are sound, 6 is not."""
@@ -191,7 +176,7 @@ def test_the_same_command_resumes_past_a_killed_save_and_a_cut_weights_file(kill
     out = copy_of(killed_run, tmp_path)
     halve(out / "checkpoint-4" / "model.safetensors")
     kept = fingerprint(out / "checkpoint-2")
-    result = script(*command(glue_dir, out))
+    result = run_script(*command(glue_dir, out))
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "Skipping checkpoint-6: " in log and "did not finish saving" in log
@@ -222,13 +207,13 @@ def test_resuming_a_damaged_checkpoint_by_path_is_refused(
     damage(out)
     before = fingerprint(out)
     args = command(glue_dir, out, "--resume_from_checkpoint", str(out / f"checkpoint-{checkpoint}"))
-    assert_one_line_error(script(*args) if real else in_process(args, capsys), *words)
+    assert_one_line_error(run_script(*args) if real else in_process(args, capsys), *words)
     assert fingerprint(out) == before
 
 
 def test_an_output_dir_below_a_file_is_refused_before_loading_data(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    result = script("--task_name", "rte", "--glue_dir", str(tmp_path / "nowhere"), "--do_train",
+    result = run_script("--task_name", "rte", "--glue_dir", str(tmp_path / "nowhere"), "--do_train",
                     "--output_dir", str(tmp_path / "notes.txt" / "run1"))  # fmt: skip
     assert_one_line_error(result, "--output_dir", "notes.txt", "which is a file")
     assert (tmp_path / "notes.txt").read_text() == "mine"
@@ -266,7 +251,7 @@ def test_a_model_folder_that_cannot_be_loaded_is_named(tmp_path, capsys, glue_di
 def test_a_config_value_of_the_wrong_type_names_key_and_file(tmp_path, capsys, line, words, real):
     config = tmp_path / "run.yaml"
     config.write_text(f"task_name: rte\noutput_dir: {tmp_path / 'out'}\n{line}\n")
-    assert_one_line_error(script(str(config)) if real else in_process([str(config)], capsys), str(config), *words)
+    assert_one_line_error(run_script(str(config)) if real else in_process([str(config)], capsys), str(config), *words)
     assert not (tmp_path / "out").exists()
 
 

@@ -8,23 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "run_glue_mmr.py")
-
-
-def run_script(*args, env=None, timeout=600):
-    full_env = subprocess_env(**(env or {}))
-    return subprocess.run(
-        [sys.executable, SCRIPT, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+from conftest import ROOT, run_script
 
 
 @pytest.fixture(scope="module")
