@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, TrainerCallback
+
+# Parallel workers (pytest -n auto) share the cores: each worker, and every script or worker it starts, uses
+# its share. More threads than cores make OpenMP's waiting threads spin against each other, which is far
+# slower than one thread each.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    torch.set_num_threads(int(_threads))
 
 GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue"))
 
@@ -67,6 +76,13 @@ def glue_dir() -> str:
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a script or worker a test starts: offline, quiet tokenizers, plus ``extra``."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def free_port() -> int:
+    """A TCP port no process listens on now, for a test's own process group."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

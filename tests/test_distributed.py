@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import free_port, subprocess_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,6 +27,8 @@ def launch(script, *args, timeout=600):
         "no",
         "--dynamo_backend",
         "no",
+        "--main_process_port",  # tests on parallel workers each launch their own process group
+        str(free_port()),
         script,
         *args,
     ]
