@@ -154,8 +154,17 @@ def suspects(table, k: int | None = None) -> str:
     trained = table[table["seen"] > 0]
     flagged = int(trained["suspect"].astype(bool).sum())
     lowest = trained.sort_values("label_quality", kind="stable").head(flagged if k is None else k)
+    share = flagged / max(len(trained), 1)
+    # The estimate counts what the model confidently disagrees with: where it has not fit the data, that
+    # includes its own mistakes, so the reader sees the two rates side by side.
+    disagreed = float((trained["last_prediction"] != trained["label"]).mean()) if len(trained) else 0.0
+    first = (
+        f"{flagged} of {len(trained)} trained examples ({share:.1%}) are suspects, the estimated number of label "
+        f"errors; the model's last predictions in training disagreed with {disagreed:.1%} of the given labels "
+        "(an estimate near that rate may count the model's own mistakes)"
+    )
     lines = [
-        f"{flagged} of {len(trained)} trained examples are suspects (the estimated number of label errors)",
+        first,
         f"{'index':>7}  {'quality':>8}  given -> predicted  text",
     ]
     for _, row in lowest.iterrows():

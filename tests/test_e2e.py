@@ -295,7 +295,9 @@ def test_train_margins_table_and_the_suspects_report(mrpc_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     lowest = seen.sort_values("label_quality", kind="stable").head(5)
-    assert lines[0].startswith(f"{k} of {len(seen)} trained examples are suspects")
+    share, disagreed = k / len(seen), (seen["last_prediction"] != seen["label"]).mean()
+    assert lines[0].startswith(f"{k} of {len(seen)} trained examples ({share:.1%}) are suspects")
+    assert f"disagreed with {disagreed:.1%} of the given labels" in lines[0]
     assert lines[1].split()[:2] == ["index", "quality"] and len(lines) >= 7
     assert [int(line.split()[0]) for line in lines[2:7]] == lowest["index"].tolist()
     assert lowest.iloc[0]["sentence1"][:40] in lines[2]

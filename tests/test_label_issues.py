@@ -83,7 +83,7 @@ def test_the_report_prints_the_flagged_suspects_or_the_k_lowest(recorded_run, ca
     flagged = table[table["suspect"].astype(bool)].sort_values("label_quality", kind="stable")["index"].tolist()
     report_main([str(out), "--suspects"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"{len(flagged)} of 120 trained examples are suspects")
+    assert lines[0].startswith(f"{len(flagged)} of 120 trained examples ({len(flagged) / 120:.1%}) are suspects")
     assert [int(line.split()[0]) for line in lines[2 : 2 + len(flagged)]] == flagged
     report_main([str(out), "--suspects", "3"])
     lines = capsys.readouterr().out.splitlines()
