@@ -541,6 +541,10 @@ def run(argv: list[str]) -> None:
         trainer.create_model_card(**card)
     if trainer.is_world_process_zero():
         record_outputs(training_args.output_dir)  # so that the next run knows these files are runs' own
+    # The processes leave together, each with its process group shut down: a gloo group left to the
+    # interpreter's teardown can abort a finished run ("terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
