@@ -115,9 +115,16 @@ def test_summary_confirms_only_a_gain_that_survives_holm(monkeypatch):
     for name in ("weights_minus_baseline", "margin_minus_baseline"):
         assert tests[name]["p_holm"] >= tests[name]["p"]
     assert "confirmed" not in tests["baseline_short_minus_baseline"]  # secondary, no claim
+    # Against the short baseline (secondary) the same test says beyond noise or not, never confirmed.
+    assert tests["weights_minus_baseline_short"]["beyond_noise"] is True
+    assert "confirmed" not in tests["weights_minus_baseline_short"]
+    mrpc = summarize(argparse.Namespace(summary_only=True), "mrpc", {**spec})
+    assert all("confirmed" not in test for test in mrpc["tests"].values())  # MRPC is secondary throughout
     assert result["arms"]["weights"]["accuracy"]["values"] == [base[s] + 0.02 for s in spec["seeds"]]
     lines = confirmation.summary_lines({"sst2": result}, None)
-    assert any("| sst2 | weights_minus_baseline |" in line and line.endswith("| yes |") for line in lines)
+    assert any(
+        "| sst2 | weights_minus_baseline |" in line and line.endswith("| **confirmed** (primary) |") for line in lines
+    )
 
     monkeypatch.setattr(confirmation, "cell", lambda *args, **kwargs: None)  # a run still missing
     assert summarize(argparse.Namespace(summary_only=True), "sst2", spec) is None
