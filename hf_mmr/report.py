@@ -154,10 +154,11 @@ def suspects(table, k: int | None = None) -> str:
     trained = table[table["seen"] > 0]
     flagged = int(trained["suspect"].astype(bool).sum())
     lowest = trained.sort_values("label_quality", kind="stable").head(flagged if k is None else k)
-    share = flagged / max(len(trained), 1)
+    count = max(len(trained), 1)
+    share = flagged / count
     # The estimate counts what the model confidently disagrees with: where it has not fit the data, that
     # includes its own mistakes, so the reader sees the two rates side by side.
-    disagreed = float((trained["last_prediction"] != trained["label"]).mean()) if len(trained) else 0.0
+    disagreed = int((trained["last_prediction"] != trained["label"]).sum()) / count
     first = (
         f"{flagged} of {len(trained)} trained examples ({share:.1%}) are suspects, the estimated number of label "
         f"errors; the model's last predictions in training disagreed with {disagreed:.1%} of the given labels "

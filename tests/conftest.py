@@ -15,9 +15,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Trainer
 # its share. More threads than cores make OpenMP's waiting threads spin against each other, which is far
 # slower than one thread each.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    _threads = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
-    torch.set_num_threads(int(_threads))
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue"))
 
