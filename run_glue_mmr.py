@@ -289,6 +289,15 @@ def close_progress_bars() -> None:
         bar.close()
 
 
+def leave_together(trainer: MMRTrainer) -> None:
+    """Wait for every process, then shut each one's process group down.
+
+    A gloo group left to the interpreter's teardown can abort a finished run ("terminate called without an
+    active exception"), turning a clean exit into a failure."""
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run from the command line; bad input exits with a one-line message (HF_MMR_DEBUG=1 shows the traceback)."""
     try:
@@ -475,6 +484,7 @@ def run(argv: list[str]) -> None:
                 f"Stopped by signal {stopper.received}: saved {checkpoint}. Run the same command again "
                 "to resume from it."
             )
+            leave_together(trainer)
             sys.exit(128 + stopper.received)
         metrics = train_result.metrics
         trained_on = trainer.train_dataset  # without the calibration slice, if one was held out
@@ -541,10 +551,7 @@ def run(argv: list[str]) -> None:
         trainer.create_model_card(**card)
     if trainer.is_world_process_zero():
         record_outputs(training_args.output_dir)  # so that the next run knows these files are runs' own
-    # The processes leave together, each with its process group shut down: a gloo group left to the
-    # interpreter's teardown can abort a finished run ("terminate called without an active exception").
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    leave_together(trainer)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import free_port, subprocess_env
+
+from hf_mmr.recovery import COMPLETE_MARKER
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -228,3 +231,58 @@ def test_fsdp2_sharded_step_equals_the_whole_model(fsdp_records, form):
     assert set(sharded["grads"]) == set(whole["grads"])
     for name, grad in whole["grads"].items():
         torch.testing.assert_close(sharded["grads"][name], grad, rtol=1e-5, atol=floor, msg=name)
+
+
+SIGNAL_RANK_ZERO = """
+import os, signal, sys
+sys.argv[0] = "run_glue_mmr.py"
+sys.path.insert(0, {root!r})
+from hf_mmr import MMRTrainer
+import run_glue_mmr
+
+original = MMRTrainer.training_step
+
+def interrupted(self, *args, **kwargs):
+    if self.state.global_step == 2 and self.is_world_process_zero() and not getattr(self, "_signalled", False):
+        self._signalled = True
+        os.kill(os.getpid(), signal.SIGTERM)  # one process is told; both must stop at the same step
+    return original(self, *args, **kwargs)
+
+MMRTrainer.training_step = interrupted
+run_glue_mmr.main()
+"""
+
+
+@pytest.mark.e2e
+def test_a_signal_stops_two_processes_together_and_both_leave_cleanly(glue_dir, tmp_path):
+    """SIGTERM on rank 0 only: both ranks save the same checkpoint and exit 128 + SIGTERM, neither aborts."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGNAL_RANK_ZERO.format(root=os.path.dirname(HERE)))
+    out = tmp_path / "out"
+    result = launch(
+        str(driver),
+        "--task_name",
+        "rte",
+        "--glue_dir",
+        glue_dir,
+        "--do_train",
+        "--use_cpu",
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_seq_length",
+        "64",
+        "--mmr_lambda",
+        "0.1",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(out),
+    )
+    assert (out / "checkpoint-3" / COMPLETE_MARKER).is_file(), result.stderr[-4000:]
+    # torch's launcher reports each failed rank's exit code; an abort at exit shows as signal 6 (SIGABRT).
+    assert result.stderr.count(f"exitcode  : {128 + signal.SIGTERM}") == 2, result.stderr[-4000:]
+    assert "terminate called" not in result.stderr
