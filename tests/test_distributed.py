@@ -39,6 +39,14 @@ def launch(script, *args, timeout=600):
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_glue_on_rte(script: str, glue_dir: str, out, *args: str) -> subprocess.CompletedProcess:
+    """run_glue_mmr.py (or a driver around it) training on real RTE with 2 CPU processes, batch 4 each."""
+    common = ("--task_name", "rte", "--glue_dir", glue_dir, "--do_train", "--use_cpu", "--mmr_lambda", "0.1")
+    return launch(
+        script, *common, "--per_device_train_batch_size", "4", "--save_strategy", "no", "--output_dir", str(out), *args
+    )
+
+
 def on_one_and_two_processes(worker: str, *args: str) -> None:
     """Run a worker of tests/distributed as one plain process, then on two under accelerate."""
     path = os.path.join(HERE, "distributed", worker)
@@ -111,33 +119,20 @@ def test_cached_epochs_on_two_processes_with_accumulation(tmp_path):
 @pytest.mark.parametrize("mode", ["select", "cached"])
 def test_run_glue_on_two_processes(glue_dir, tmp_path, mode):
     """The script itself under accelerate with 2 CPU processes, MMS sampling plus MMR, on real RTE."""
-    script = os.path.join(os.path.dirname(HERE), "run_glue_mmr.py")
-    result = launch(
-        script,
-        "--task_name",
-        "rte",
-        "--glue_dir",
+    result = run_glue_on_rte(
+        os.path.join(os.path.dirname(HERE), "run_glue_mmr.py"),
         glue_dir,
-        "--do_train",
-        "--use_cpu",
+        tmp_path / "out",
         "--max_steps",
         "2",
-        "--per_device_train_batch_size",
-        "4",
         "--mms_selection",
         mode,
         "--mms_pool_factor",
         "2",
-        "--mmr_lambda",
-        "0.1",
         "--pad_to_max_length",
         "false",
         "--logging_steps",
         "1",
-        "--save_strategy",
-        "no",
-        "--output_dir",
-        str(tmp_path / "out"),
     )
     assert result.returncode == 0, result.stderr[-4000:]
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
@@ -259,28 +254,8 @@ def test_a_signal_stops_two_processes_together_and_both_leave_cleanly(glue_dir, 
     driver = tmp_path / "driver.py"
     driver.write_text(SIGNAL_RANK_ZERO.format(root=os.path.dirname(HERE)))
     out = tmp_path / "out"
-    result = launch(
-        str(driver),
-        "--task_name",
-        "rte",
-        "--glue_dir",
-        glue_dir,
-        "--do_train",
-        "--use_cpu",
-        "--max_steps",
-        "6",
-        "--per_device_train_batch_size",
-        "4",
-        "--max_seq_length",
-        "64",
-        "--mmr_lambda",
-        "0.1",
-        "--save_strategy",
-        "no",
-        "--disable_tqdm",
-        "true",
-        "--output_dir",
-        str(out),
+    result = run_glue_on_rte(
+        str(driver), glue_dir, out, "--max_steps", "6", "--max_seq_length", "64", "--disable_tqdm", "true"
     )
     assert (out / "checkpoint-3" / COMPLETE_MARKER).is_file(), result.stderr[-4000:]
     # torch's launcher reports each failed rank's exit code; an abort at exit shows as signal 6 (SIGABRT).
