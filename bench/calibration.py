@@ -97,7 +97,8 @@ def conditions_and_arms() -> list[tuple[str, tuple[str, ...]]]:
 MEASURES = {
     "accuracy": lambda r: r["final"][METRIC],
     "ece": lambda r: r["final"]["eval_ece"],
-    "ece_uncalibrated": lambda r: r["final"].get("eval_ece_uncalibrated", r["final"]["eval_ece"]),
+    # A calibrated run's final evaluation must carry both (a record without it was evaluated before T).
+    "ece_uncalibrated": lambda r: r["final"]["eval_ece_uncalibrated" if "calibration" in r else "eval_ece"],
     "nll": lambda r: r["final"]["eval_nll"],
     "temperature": lambda r: r.get("calibration", {}).get("calibration_temperature", 1.0),
 }

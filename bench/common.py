@@ -278,8 +278,10 @@ def fine_tune(
     )
     trainer.add_callback(curve)
     trainer.train()
+    if trainer.calibration_report is not None:  # the last step's evaluation saw the model before T was folded in
+        curve.points = [point for point in curve.points if point["step"] != trainer.state.global_step]
     if not curve.points or curve.points[-1]["step"] != trainer.state.global_step:
-        trainer.evaluate()  # the final model, when the last step was not an evaluation step
+        trainer.evaluate()  # the final model, when the last step was not an evaluation step or was calibrated since
     record = {
         "final": curve.points[-1],
         "curve": curve.points,

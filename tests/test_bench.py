@@ -477,3 +477,28 @@ def test_calibration_summary_pairs_by_seed_and_states_the_goals_averages(monkeyp
     assert set(result["sst2_noisy"]["arms"]) == {"none", "temperature"}
     lines = calibration.summary_lines(result)
     assert any(line.startswith("| mrpc | temperature | 0.8") for line in lines)
+
+
+@pytest.mark.e2e
+def test_a_calibrated_runs_final_point_is_the_calibrated_model(tmp_path, monkeypatch):
+    """The last step's evaluation precedes the fitted temperature; the record's final metrics come after it."""
+    from common import fine_tune
+
+    monkeypatch.chdir(tmp_path)
+    train, evaluation = task_splits("mrpc", 120, 0.0, GLUE_DIR)
+    record = fine_tune(
+        "mrpc",
+        train,
+        evaluation.select(range(48)),
+        seed=0,
+        eval_steps=2,  # an evaluation at the last step, before calibration
+        batch_size=8,
+        max_steps=2,
+        max_seq_length=64,
+        calibration="temperature",
+        calibration_split=0.5,
+    )
+    final, temperature = record["final"], record["calibration"]["calibration_temperature"]
+    assert temperature != 1.0 and final["step"] == 2
+    assert final["eval_ece"] != final["eval_ece_uncalibrated"]  # the calibrated model, the uncalibrated beside it
+    assert [point["step"] for point in record["curve"]] == [2]  # the uncalibrated point at step 2 is replaced
