@@ -192,3 +192,25 @@ def run_worker(main, *args):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+# A script that runs run_glue_mmr.main(ARGS) with SIGTERM sent to itself at step 2 from inside METHOD, by the
+# processes for which WHEN holds (ARGS None: the command line's own).
+SIGNAL_INSIDE = """
+import os, signal, sys
+sys.argv[0] = "run_glue_mmr.py"
+sys.path.insert(0, {root!r})
+from hf_mmr import MMRTrainer
+import run_glue_mmr
+
+original = getattr(MMRTrainer, {method!r})
+
+def interrupted(self, *args, **kwargs):
+    if self.state.global_step == 2 and {when} and not getattr(self, "_signalled", False):
+        self._signalled = True
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while this method runs to its end
+    return original(self, *args, **kwargs)
+
+setattr(MMRTrainer, {method!r}, interrupted)
+run_glue_mmr.main({args!r})
+"""

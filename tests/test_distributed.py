@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, subprocess_env
+from conftest import SIGNAL_INSIDE, free_port, subprocess_env
 
 from hf_mmr.recovery import COMPLETE_MARKER
 
@@ -228,31 +228,13 @@ def test_fsdp2_sharded_step_equals_the_whole_model(fsdp_records, form):
         torch.testing.assert_close(sharded["grads"][name], grad, rtol=1e-5, atol=floor, msg=name)
 
 
-SIGNAL_RANK_ZERO = """
-import os, signal, sys
-sys.argv[0] = "run_glue_mmr.py"
-sys.path.insert(0, {root!r})
-from hf_mmr import MMRTrainer
-import run_glue_mmr
-
-original = MMRTrainer.training_step
-
-def interrupted(self, *args, **kwargs):
-    if self.state.global_step == 2 and self.is_world_process_zero() and not getattr(self, "_signalled", False):
-        self._signalled = True
-        os.kill(os.getpid(), signal.SIGTERM)  # one process is told; both must stop at the same step
-    return original(self, *args, **kwargs)
-
-MMRTrainer.training_step = interrupted
-run_glue_mmr.main()
-"""
-
-
 @pytest.mark.e2e
 def test_a_signal_stops_two_processes_together_and_both_leave_cleanly(glue_dir, tmp_path):
     """SIGTERM on rank 0 only: both ranks save the same checkpoint and exit 128 + SIGTERM, neither aborts."""
     driver = tmp_path / "driver.py"
-    driver.write_text(SIGNAL_RANK_ZERO.format(root=os.path.dirname(HERE)))
+    # One process is told; both must stop at the same step.
+    when = "self.is_world_process_zero()"
+    driver.write_text(SIGNAL_INSIDE.format(root=os.path.dirname(HERE), method="training_step", when=when, args=None))
     out = tmp_path / "out"
     result = run_glue_on_rte(
         str(driver), glue_dir, out, "--max_steps", "6", "--max_seq_length", "64", "--disable_tqdm", "true"

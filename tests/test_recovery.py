@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import make_trainer, subprocess_env
+from conftest import SIGNAL_INSIDE, make_trainer, subprocess_env
 
 from hf_mmr.recovery import COMPLETE_MARKER, last_complete_checkpoint
 
@@ -99,26 +99,6 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(glue_dir, tmp_p
     assert steps == list(range(1, 13))  # the restored history, then the resumed steps, none twice
 
 
-SIGNAL_INSIDE = """
-import os, signal, sys
-sys.argv[0] = "run_glue_mmr.py"
-sys.path.insert(0, {root!r})
-from hf_mmr import MMRTrainer
-import run_glue_mmr
-
-original = getattr(MMRTrainer, {method!r})
-
-def interrupted(self, *args, **kwargs):
-    if self.state.global_step == 2 and not getattr(self, "_signalled", False):
-        self._signalled = True
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives while this method runs to its end
-    return original(self, *args, **kwargs)
-
-setattr(MMRTrainer, {method!r}, interrupted)
-run_glue_mmr.main({args!r})
-"""
-
-
 @pytest.mark.parametrize("method", ["evaluate", "_save_checkpoint"])
 def test_sigterm_during_evaluation_or_saving_leaves_a_complete_checkpoint(glue_dir, tmp_path, method):
     """The interrupted evaluation or save finishes; the next step saves, marks complete and stops.
@@ -156,7 +136,7 @@ def test_sigterm_during_evaluation_or_saving_leaves_a_complete_checkpoint(glue_d
         "--output_dir",
         str(out),
     ]
-    driver = SIGNAL_INSIDE.format(root=ROOT, method=method, args=args + ["--do_eval"])
+    driver = SIGNAL_INSIDE.format(root=ROOT, method=method, when=True, args=args + ["--do_eval"])
     result = subprocess.run(
         [sys.executable, "-c", driver], check=False, capture_output=True, text=True, env=subprocess_env(), timeout=600
     )
