@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,7 +231,12 @@ def test_fsdp2_sharded_step_equals_the_whole_model(fsdp_records, form):
 
 @pytest.mark.e2e
 def test_a_signal_stops_two_processes_together_and_both_leave_cleanly(glue_dir, tmp_path):
-    """SIGTERM on rank 0 only: both ranks save the same checkpoint and exit 128 + SIGTERM, neither aborts."""
+    """SIGTERM on rank 0 only: both ranks save the same checkpoint and exit 128 + SIGTERM, neither aborts.
+
+    torch's launcher ends the ranks still running as soon as one has exited with an error, so a rank that is
+    slower to leave after the shared save may be reported as killed by SIGTERM instead; the checkpoint was
+    complete before either left.
+    """
     driver = tmp_path / "driver.py"
     # One process is told; both must stop at the same step.
     when = "self.is_world_process_zero()"
@@ -240,6 +246,8 @@ def test_a_signal_stops_two_processes_together_and_both_leave_cleanly(glue_dir, 
         str(driver), glue_dir, out, "--max_steps", "6", "--max_seq_length", "64", "--disable_tqdm", "true"
     )
     assert (out / "checkpoint-3" / COMPLETE_MARKER).is_file(), result.stderr[-4000:]
-    # torch's launcher reports each failed rank's exit code; an abort at exit shows as signal 6 (SIGABRT).
-    assert result.stderr.count(f"exitcode  : {128 + signal.SIGTERM}") == 2, result.stderr[-4000:]
+    # torch's launcher reports each failed rank's exit code; an abort at exit shows as -6 (SIGABRT).
+    codes = sorted(int(code) for code in re.findall(r"exitcode\s+:\s+(-?\d+)", result.stderr))
+    assert len(codes) == 2 and codes[-1] == 128 + signal.SIGTERM, result.stderr[-4000:]
+    assert codes[0] in (-signal.SIGTERM, 128 + signal.SIGTERM), result.stderr[-4000:]
     assert "terminate called" not in result.stderr
