@@ -450,6 +450,44 @@ def test_cross_validation_gives_every_row_its_held_out_folds_probabilities(monke
     np.testing.assert_allclose(cv["probs"][:, 0], np.arange(30) / 100)  # each row from the fold that held it out
 
 
+def test_cleanlab_summary_pairs_by_seed_and_tables_every_seed(monkeypatch):
+    import label_errors
+    import numpy as np
+
+    def fake_noisy_run(options, task, kind, noise, seed):
+        return {**synthetic_run(seed=seed)[0], "steps": 10, "wall_seconds": 2.0}
+
+    def fake_cross_validated(options, task, kind, noise, seed):
+        probs = synthetic_run(seed=seed)[2]
+        noisier = np.clip(probs + np.random.default_rng(seed).normal(0, 0.2, probs.shape), 0.01, 0.99)
+        return {"probs": noisier, "train_steps": 40, "wall_seconds": 7.0}
+
+    def fake_payoff_runs(options, task, seed, choice):
+        accuracy = {"noisy": 0.80, "cleaned_hf_mmr": 0.82, "cleaned_cleanlab_cv": 0.81, "oracle": 0.84}
+        return {
+            arm: {"removed": [0] * (arm != "noisy"), "final": {label_errors.METRIC: a + seed / 1e4, "eval_ece": 0.05}}
+            for arm, a in accuracy.items()
+        }
+
+    monkeypatch.setattr(label_errors, "noisy_run", fake_noisy_run)
+    monkeypatch.setattr(label_errors, "cross_validated", fake_cross_validated)
+    monkeypatch.setattr(label_errors, "payoff_runs", fake_payoff_runs)
+    monkeypatch.setattr(label_errors, "CLEANLAB_CONDITIONS", {("uniform", 0.2): (42, 43, 44)})
+    result = label_errors.summarize_cleanlab(argparse.Namespace(), ["trec"])
+    entry = result["conditions"]["trec/uniform0.2"]
+    per_seed = [r["detection"] for r in entry["runs"]]
+    differences = [d["auprc_label_quality"] - d["auprc_cleanlab_cv"] for d in per_seed]
+    assert entry["auprc_label_quality_minus_auprc_cleanlab_cv"]["mean"] == pytest.approx(np.mean(differences))
+    assert entry["train_steps_cleanlab_cv"][0] == 40 and entry["wall_seconds_hf_mmr"][0] == 2.0
+    payoff = result["payoff"]["trec"]
+    assert payoff["share_of_oracle_gain_cleaned_hf_mmr"] == pytest.approx(0.5)
+    lines = label_errors.cleanlab_lines(result)
+    seed_rows = [line for line in lines if line.startswith("| trec/uniform0.2 | 4")]
+    assert [row.split(" | ")[1] for row in seed_rows] == ["42", "43", "44"]
+    assert f"{per_seed[1]['auprc_label_quality']:.3f}" in seed_rows[1]
+    assert all(line.count("|") == lines[2].count("|") for line in lines[2:5])  # header, rule, row agree
+
+
 def test_calibration_summary_pairs_by_seed_and_states_the_goals_averages(monkeypatch):
     import calibration
 
