@@ -646,24 +646,38 @@ def cleanlab_lines(result: dict) -> list[str]:
 
 
 def plot_compute(result: dict, out: str) -> None:
-    """AUPRC against the optimizer steps each ranking needed (1 run against 1 + 5 folds), per task and condition."""
+    """AUPRC against the training a user runs to get a model and its ranking, one panel per task: one run
+    (label_quality, cleanlab on its probabilities) against that run plus the 5 folds (cleanlab's cross-validation)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for key, entry in result["conditions"].items():
-        one, five = entry["train_steps_hf_mmr"][0], entry["train_steps_cleanlab_cv"][0]
-        points = [
-            (one, "auprc_label_quality", "o"),
-            (one, "auprc_cleanlab_one_run", "s"),
-            (five, "auprc_cleanlab_cv", "^"),
-        ]
-        line = ax.plot([one, five], [entry["auprc_label_quality"][0], entry["auprc_cleanlab_cv"][0]], alpha=0.4)[0]
-        for steps, name, marker in points:
-            ax.scatter([steps], [entry[name][0]], marker=marker, color=line.get_color())
-        ax.annotate(key, (five, entry["auprc_cleanlab_cv"][0]), fontsize=7)
-    ax.set_xlabel("optimizer steps of training the ranking needed (○ label_quality, □ cleanlab 1 run, △ 5-fold)")
-    ax.set_ylabel("AUPRC against the true flips")
-    ax.set_title("finding flipped labels: one run against 5-fold cross-validation")
+    tasks = sorted({key.split("/")[0] for key in result["conditions"]})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), constrained_layout=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for key, entry in result["conditions"].items():
+            if not key.startswith(f"{task}/"):
+                continue
+            one = entry["train_steps_hf_mmr"][0]
+            six = one + entry["train_steps_cleanlab_cv"][0]
+            line = ax.plot(
+                [one, six], [entry["auprc_label_quality"][0], entry["auprc_cleanlab_cv"][0]], alpha=0.5, label=key
+            )[0]
+            for steps, name, marker in (
+                (one, "label_quality", "o"),
+                (one, "cleanlab_one_run", "s"),
+                (six, "cleanlab_cv", "^"),
+            ):
+                ax.errorbar(
+                    [steps],
+                    [entry[f"auprc_{name}"][0]],
+                    yerr=[entry[f"auprc_{name}"][1]],
+                    fmt=marker,
+                    color=line.get_color(),
+                )
+        ax.set_title(task)
+        ax.set_xlabel("optimizer steps: one run, or one run + 5 folds")
+        ax.set_ylabel("AUPRC against the flips (mean ± sd over seeds)")
+        ax.legend(fontsize=7)
+    fig.suptitle("○ label_quality   □ cleanlab, one run   △ cleanlab, 5-fold")
     fig.savefig(os.path.join(out, "auprc_vs_compute.png"), dpi=110)
     plt.close(fig)
 
