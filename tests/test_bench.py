@@ -450,7 +450,7 @@ def test_cross_validation_gives_every_row_its_held_out_folds_probabilities(monke
     np.testing.assert_allclose(cv["probs"][:, 0], np.arange(30) / 100)  # each row from the fold that held it out
 
 
-def test_cleanlab_summary_pairs_by_seed_and_tables_every_seed(monkeypatch):
+def test_cleanlab_summary_pairs_by_seed_and_tables_every_seed(monkeypatch, tmp_path):
     import label_errors
     import numpy as np
 
@@ -486,6 +486,8 @@ def test_cleanlab_summary_pairs_by_seed_and_tables_every_seed(monkeypatch):
     assert [row.split(" | ")[1] for row in seed_rows] == ["42", "43", "44"]
     assert f"{per_seed[1]['auprc_label_quality']:.3f}" in seed_rows[1]
     assert all(line.count("|") == lines[2].count("|") for line in lines[2:5])  # header, rule, row agree
+    label_errors.plot_compute(result, str(tmp_path))
+    assert (tmp_path / "auprc_vs_compute.png").stat().st_size > 0
 
 
 def test_calibration_summary_pairs_by_seed_and_states_the_goals_averages(monkeypatch):
