@@ -248,6 +248,12 @@ MEASURES = {
 }
 
 
+def majority_class_accuracy(options: argparse.Namespace, task: str) -> float:
+    """What always answering the dev set's most frequent class scores: the floor a noisy arm can fall to."""
+    labels = np.asarray(task_splits(task, glue_dir=options.glue_dir, trec_dir=options.trec_dir)[1]["label"])
+    return float(np.bincount(labels).max() / len(labels))
+
+
 def summarize(options: argparse.Namespace, task: str, spec: dict) -> dict | None:
     """Per arm every measure per seed; the preregistered tests; None while a confirmation run is missing."""
     records: dict[str, list[dict]] = {}
@@ -256,7 +262,8 @@ def summarize(options: argparse.Namespace, task: str, spec: dict) -> dict | None
         if None in runs:
             return None
         records[arm] = runs
-    result: dict = {"seeds": spec["seeds"], "arms": {}, "tests": {}}
+    majority = majority_class_accuracy(options, task)
+    result: dict = {"seeds": spec["seeds"], "majority_class_accuracy": majority, "arms": {}, "tests": {}}
     for arm, runs in records.items():
         entry: dict = {"setting": spec["arms"][arm]}
         for name, get in MEASURES.items():
@@ -316,6 +323,11 @@ def summary_lines(results: dict[str, dict], rerun: dict | None) -> list[str]:
             else:
                 verdict = "secondary"
             lines.append(f"| {task} | {name} | {points(test)} | {test['p']:.4f} | {holm_p} | {verdict} |")
+    lines.append("")
+    for task, result in results.items():
+        lines.append(
+            f"{task}: always answering dev's most frequent class scores {result['majority_class_accuracy']:.4f}."
+        )
     if rerun is not None:
         lines += [
             "",

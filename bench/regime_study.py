@@ -222,6 +222,15 @@ def plot(key: str, result: dict, path: str) -> None:
             values = entry[name]["values"]
             ax.scatter([position] * len(values), values, s=14, alpha=0.6)
             ax.hlines(entry[name]["mean_sd"][0], position - 0.25, position + 0.25)
+        if name == "accuracy" and "majority_class_accuracy" in result:
+            ax.axhline(
+                result["majority_class_accuracy"],
+                linestyle="--",
+                color="gray",
+                linewidth=0.8,
+                label="always the majority class",
+            )
+            ax.legend(fontsize=7, loc="best")
         ax.set_xticks(range(len(result["arms"])), list(result["arms"]), fontsize=8)
         ax.set_ylabel(label)
         ax.set_title(f"{key}: {label} per seed")

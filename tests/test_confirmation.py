@@ -107,6 +107,7 @@ def test_summary_confirms_only_a_gain_that_survives_holm(monkeypatch):
         return _record(base[seed] + gains[arm] + (noise[seed] if arm == "margin" else 0.0))
 
     monkeypatch.setattr(confirmation, "cell", fake_cell)
+    monkeypatch.setattr(confirmation, "majority_class_accuracy", lambda options, task: 0.5)
     result = summarize(argparse.Namespace(summary_only=True), "sst2", spec)
     tests = result["tests"]
     assert tests["weights_minus_baseline"]["confirmed"] is True
@@ -125,6 +126,12 @@ def test_summary_confirms_only_a_gain_that_survives_holm(monkeypatch):
     assert any(
         "| sst2 | weights_minus_baseline |" in line and line.endswith("| **confirmed** (primary) |") for line in lines
     )
+    assert "sst2: always answering dev's most frequent class scores 0.5000." in lines
 
     monkeypatch.setattr(confirmation, "cell", lambda *args, **kwargs: None)  # a run still missing
     assert summarize(argparse.Namespace(summary_only=True), "sst2", spec) is None
+
+
+def test_majority_class_accuracy_reads_the_dev_labels(glue_dir):
+    options = argparse.Namespace(glue_dir=glue_dir, trec_dir=None)
+    assert confirmation.majority_class_accuracy(options, "mrpc") == pytest.approx(279 / 408)  # MRPC dev: 279 of 408
