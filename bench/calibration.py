@@ -22,6 +22,7 @@ seed. One JSON record per run under ``OUT/runs/<condition>/``, skipped on a reru
 and ``OUT/ece.png``.
 
     python bench/calibration.py --out docs/calibration
+    python bench/calibration.py --out docs/calibration --arms none temperature label_smoothing  # the goal's arms first
     python bench/calibration.py --out docs/calibration --summary_only
 """
 
@@ -106,11 +107,13 @@ MEASURES = {
 
 def summarize(options: argparse.Namespace) -> dict:
     """Per condition and arm, every measure per seed; temperature against none (the slice's cost in accuracy, ECE)
-    and against label smoothing (ECE), paired by seed; only conditions whose every run is stored."""
+    and against label smoothing (ECE), paired by seed; only arms whose every seed is stored, and only conditions
+    with both ``none`` and ``temperature``."""
     result = {}
     for condition, arms in conditions_and_arms():
         records = {arm: [cell(options, condition, arm, seed) for seed in options.seeds] for arm in arms}
-        if any(None in runs for runs in records.values()):
+        records = {arm: runs for arm, runs in records.items() if None not in runs}
+        if not {"none", "temperature"} <= set(records):
             continue
         values = {
             arm: {name: [get(r) for r in runs] for name, get in MEASURES.items()} for arm, runs in records.items()
@@ -130,7 +133,7 @@ def summarize(options: argparse.Namespace) -> dict:
                 temperature["ece"], values["label_smoothing"]["ece"]
             )
         result[condition] = entry
-    tasks = [task for task in TASKS if task in result]
+    tasks = [task for task in TASKS if "ece_temperature_minus_label_smoothing" in result.get(task, {})]
     if len(tasks) == len(TASKS):  # the goal's averages over the four tasks
         after = [result[t]["arms"]["temperature"]["ece"]["mean_sd"][0] for t in tasks]
         before = [result[t]["arms"]["temperature"]["ece_uncalibrated"]["mean_sd"][0] for t in tasks]
@@ -206,6 +209,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="directory for the runs, the summary and the plot")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--summary_only", action="store_true", help="train nothing; summarize the stored runs")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="train only these arms")
     parser.add_argument("--label_errors_out", default=os.path.join(ROOT, "docs", "label_errors"))
     parser.add_argument("--glue_dir", default=DEFAULT_GLUE_DIR)
     parser.add_argument("--trec_dir", default=DEFAULT_TREC_DIR)
@@ -217,7 +221,8 @@ def main() -> None:
         for condition, arms in conditions_and_arms():  # seed by seed, so that an interrupted study stays paired
             for seed in options.seeds:
                 for arm in arms:
-                    cell(options, condition, arm, seed)
+                    if arm in options.arms:
+                        cell(options, condition, arm, seed)
     options.summary_only = True
     result = summarize(options)
     if result:

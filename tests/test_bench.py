@@ -518,6 +518,16 @@ def test_calibration_summary_pairs_by_seed_and_states_the_goals_averages(monkeyp
     lines = calibration.summary_lines(result)
     assert any(line.startswith("| mrpc | temperature | 0.8") for line in lines)
 
+    # A study run with --arms: an arm missing a seed is left out, the goal's arms still summarize.
+    monkeypatch.setattr(
+        calibration,
+        "cell",
+        lambda o, c, arm, seed: None if "weights" in arm and seed == 44 else fake_cell(o, c, arm, seed),
+    )
+    partial = calibration.summarize(argparse.Namespace(seeds=[42, 43, 44]))
+    assert set(partial["mrpc"]["arms"]) == {"none", "temperature", "label_smoothing"}
+    assert partial["over_tasks"] == result["over_tasks"]
+
 
 @pytest.mark.e2e
 def test_a_calibrated_runs_final_point_is_the_calibrated_model(tmp_path, monkeypatch):
