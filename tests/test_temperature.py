@@ -165,6 +165,51 @@ def test_a_resumed_run_calibrates_once_to_the_uninterrupted_runs_temperature(tmp
     assert sum("calibration_temperature" in entry for entry in resumed.state.log_history) == 1
 
 
+@pytest.mark.parametrize("mode", ["select", "cached"])
+def test_the_best_checkpoint_is_calibrated_once_with_mmr_a_selection_mode_and_bf16(tmp_path, mode):
+    """With MMR, a selection mode, bf16 and load_best_model_at_end, T is fitted on the best model and folded once:
+    the saved model gives the best checkpoint's logits / T."""
+    args = MMRTrainingArguments(
+        output_dir=str(tmp_path),
+        **{
+            **QUIET,
+            "max_steps": 12,
+            "per_device_train_batch_size": 16,
+            "calibration": "temperature",
+            "mmr_lambda": 0.1,
+            "mmr_form": "weights",
+            "mms_selection": mode,
+            "bf16": True,
+            "use_cpu": True,
+            "eval_strategy": "steps",
+            "eval_steps": 4,
+            "save_strategy": "steps",
+            "save_steps": 4,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "loss",
+            "greater_is_better": True,  # the worst checkpoint is "best": it differs from the last one
+        },
+    )
+    trainer = MMRTrainer(
+        model=tiny_model("bert", num_labels=3, seed=1),
+        args=args,
+        train_dataset=learnable_dataset(600),
+        eval_dataset=learnable_dataset(60, seed=5),
+    )
+    output = trainer.train()
+    assert output.metrics["calibration_temperature"] == trainer.temperature != 1.0
+    assert not trainer.state.best_model_checkpoint.endswith("checkpoint-12")
+    assert sum("calibration_temperature" in entry for entry in trainer.state.log_history) == 1
+    trainer.save_model(str(tmp_path / "final"))  # loaded back in float32: accelerate's bf16 autocast stays behind
+    best = type(trainer.model).from_pretrained(trainer.state.best_model_checkpoint).eval()
+    final = type(trainer.model).from_pretrained(str(tmp_path / "final")).eval()
+    batch = torch.stack([e["input_ids"] for e in trainer.calibration_dataset])
+    with torch.no_grad():
+        expected = best(input_ids=batch).logits / trainer.temperature
+        got = final(input_ids=batch).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 class StopAt(TrainerCallback):
     def __init__(self, step):
         self.step = step
