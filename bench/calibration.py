@@ -58,6 +58,7 @@ ARMS = {
 # SST-2 with label noise: (noise, epochs, cleaned?) of the regime study's noisy condition and the payoff setting.
 NOISY = {"sst2_noisy": (0.3, 3.0, False), "sst2_cleaned": (0.2, 3.0, True)}
 NOISY_ARMS = ("none", "temperature")
+CALIBRATED_PAIRS = (("temperature", "none"), ("weights_temperature", "weights"))
 
 
 def condition_data(options: argparse.Namespace, condition: str) -> tuple | None:
@@ -122,12 +123,20 @@ def summarize(options: argparse.Namespace) -> dict:
             "arms": {arm: {n: {"values": v, "mean_sd": mean_std(v)} for n, v in m.items()} for arm, m in values.items()}
         }
         temperature = values["temperature"]
-        entry["temperature_minus_none"] = {
-            name: paired_difference(temperature[name], values["none"][name]) for name in ("accuracy", "ece", "nll")
+        # Calibrated arm minus the same recipe trained on all of train, paired by seed.
+        entry["calibrated_minus_uncalibrated"] = {
+            f"{calibrated} − {plain}": {
+                **{
+                    name: paired_difference(values[calibrated][name], values[plain][name])
+                    for name in ("accuracy", "ece", "nll")
+                },
+                "ece_after_over_before": mean_std(
+                    [a / b for a, b in zip(values[calibrated]["ece"], values[calibrated]["ece_uncalibrated"])]
+                ),
+            }
+            for calibrated, plain in CALIBRATED_PAIRS
+            if calibrated in values and plain in values
         }
-        entry["ece_after_over_before"] = mean_std(
-            [a / b for a, b in zip(temperature["ece"], temperature["ece_uncalibrated"])]
-        )
         if "label_smoothing" in values:
             entry["ece_temperature_minus_label_smoothing"] = paired_difference(
                 temperature["ece"], values["label_smoothing"]["ece"]
@@ -162,17 +171,21 @@ def summary_lines(result: dict) -> list[str]:
             lines.append(
                 f"| {condition} | {arm} | " + " | ".join(cells) + f" | {measures['temperature']['mean_sd'][0]:.3f} |"
             )
-    lines += ["", "| condition | temperature − none: accuracy, points | ECE, points | ECE after / before T |"]
-    lines += ["|---|---|---|---|"]
+
+    def points(difference: dict) -> str:
+        low, high = difference["ci95"]
+        return f"{100 * difference['mean']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+    lines += ["", "| condition | calibrated − uncalibrated | accuracy, points | ECE, points | ECE after / before T |"]
+    lines += ["|---|---|---|---|---|"]
     for condition, entry in result.items():
         if condition == "over_tasks":
             continue
-        acc, ece = entry["temperature_minus_none"]["accuracy"], entry["temperature_minus_none"]["ece"]
-        lines.append(
-            f"| {condition} | {100 * acc['mean']:+.2f} [{100 * acc['ci95'][0]:+.2f}, {100 * acc['ci95'][1]:+.2f}] | "
-            f"{100 * ece['mean']:+.2f} [{100 * ece['ci95'][0]:+.2f}, {100 * ece['ci95'][1]:+.2f}] | "
-            f"{cell_text(entry['ece_after_over_before'], 2)} |"
-        )
+        for pair, difference in entry["calibrated_minus_uncalibrated"].items():
+            lines.append(
+                f"| {condition} | {pair} | {points(difference['accuracy'])} | {points(difference['ece'])} | "
+                f"{cell_text(difference['ece_after_over_before'], 2)} |"
+            )
     if "over_tasks" in result:
         lines += ["", f"Over the four tasks: {json.dumps(result['over_tasks'])}"]
     return lines

@@ -508,8 +508,12 @@ def test_calibration_summary_pairs_by_seed_and_states_the_goals_averages(monkeyp
     result = calibration.summarize(argparse.Namespace(seeds=[42, 43, 44]))
     assert set(result) == set(calibration.TASKS) | set(calibration.NOISY) | {"over_tasks"}
     mrpc = result["mrpc"]
-    assert mrpc["temperature_minus_none"]["accuracy"]["mean"] == pytest.approx(-0.005)  # the held-out slice's cost
-    assert mrpc["ece_after_over_before"][0] == pytest.approx(0.2)
+    for pair in ("temperature − none", "weights_temperature − weights"):
+        difference = mrpc["calibrated_minus_uncalibrated"][pair]
+        assert difference["accuracy"]["mean"] == pytest.approx(-0.005)  # the held-out slice's cost
+        assert difference["ece"]["mean"] == pytest.approx(-0.08)
+        assert difference["ece_after_over_before"][0] == pytest.approx(0.2)
+    assert set(result["sst2_noisy"]["calibrated_minus_uncalibrated"]) == {"temperature − none"}
     assert mrpc["ece_temperature_minus_label_smoothing"]["mean"] == pytest.approx(-0.03)
     assert result["over_tasks"] == pytest.approx(
         {"mean_ece_after": 0.02, "mean_ece_before": 0.10, "tasks_below_label_smoothing": 4}
@@ -517,6 +521,7 @@ def test_calibration_summary_pairs_by_seed_and_states_the_goals_averages(monkeyp
     assert set(result["sst2_noisy"]["arms"]) == {"none", "temperature"}
     lines = calibration.summary_lines(result)
     assert any(line.startswith("| mrpc | temperature | 0.8") for line in lines)
+    assert any(line.startswith("| mrpc | weights_temperature − weights | -0.50 [") for line in lines)
 
     # A study run with --arms: an arm missing a seed is left out, the goal's arms still summarize.
     monkeypatch.setattr(
@@ -526,6 +531,7 @@ def test_calibration_summary_pairs_by_seed_and_states_the_goals_averages(monkeyp
     )
     partial = calibration.summarize(argparse.Namespace(seeds=[42, 43, 44]))
     assert set(partial["mrpc"]["arms"]) == {"none", "temperature", "label_smoothing"}
+    assert set(partial["mrpc"]["calibrated_minus_uncalibrated"]) == {"temperature − none"}
     assert partial["over_tasks"] == result["over_tasks"]
 
 
