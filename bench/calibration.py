@@ -23,6 +23,7 @@ and ``OUT/ece.png``.
 
     python bench/calibration.py --out docs/calibration
     python bench/calibration.py --out docs/calibration --arms none temperature label_smoothing  # the goal's arms first
+    python bench/calibration.py --out docs/calibration --conditions sst2_noisy sst2_cleaned  # one part at a time
     python bench/calibration.py --out docs/calibration --summary_only
 """
 
@@ -217,12 +218,27 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def train(options: argparse.Namespace) -> None:
+    """Every stored-or-missing run of ``options.conditions`` x ``options.arms``, condition by condition and seed by
+    seed, so that an interrupted study stays paired."""
+    for condition, arms in conditions_and_arms():
+        if condition in options.conditions:
+            for seed in options.seeds:
+                for arm in arms:
+                    if arm in options.arms:
+                        cell(options, condition, arm, seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory for the runs, the summary and the plot")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--summary_only", action="store_true", help="train nothing; summarize the stored runs")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="train only these arms")
+    conditions = [condition for condition, _ in conditions_and_arms()]
+    parser.add_argument(
+        "--conditions", nargs="+", choices=conditions, default=conditions, help="train only these conditions"
+    )
     parser.add_argument("--label_errors_out", default=os.path.join(ROOT, "docs", "label_errors"))
     parser.add_argument("--glue_dir", default=DEFAULT_GLUE_DIR)
     parser.add_argument("--trec_dir", default=DEFAULT_TREC_DIR)
@@ -231,11 +247,7 @@ def main() -> None:
 
     matplotlib.use("Agg")
     if not options.summary_only:
-        for condition, arms in conditions_and_arms():  # seed by seed, so that an interrupted study stays paired
-            for seed in options.seeds:
-                for arm in arms:
-                    if arm in options.arms:
-                        cell(options, condition, arm, seed)
+        train(options)
     options.summary_only = True
     result = summarize(options)
     if result:

@@ -535,6 +535,23 @@ def test_calibration_summary_pairs_by_seed_and_states_the_goals_averages(monkeyp
     assert partial["over_tasks"] == result["over_tasks"]
 
 
+def test_calibration_study_trains_the_chosen_conditions_and_arms_seed_by_seed(monkeypatch):
+    import calibration
+
+    calls = []
+    monkeypatch.setattr(calibration, "cell", lambda options, condition, arm, seed: calls.append((condition, seed, arm)))
+    options = argparse.Namespace(seeds=[42, 43], conditions=["sst2_cleaned", "mrpc"], arms=["none", "weights"])
+    calibration.train(options)
+    assert calls == [
+        ("mrpc", 42, "none"),
+        ("mrpc", 42, "weights"),
+        ("mrpc", 43, "none"),
+        ("mrpc", 43, "weights"),
+        ("sst2_cleaned", 42, "none"),  # the noisy conditions have no weights arm
+        ("sst2_cleaned", 43, "none"),
+    ]
+
+
 @pytest.mark.e2e
 def test_a_calibrated_runs_final_point_is_the_calibrated_model(tmp_path, monkeypatch):
     """The last step's evaluation precedes the fitted temperature; the record's final metrics come after it."""
