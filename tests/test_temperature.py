@@ -145,6 +145,8 @@ def test_the_model_card_states_the_temperature(calibrated):
     trainer.create_model_card()
     text = (out / "README.md").read_text()
     assert f"T = {trainer.temperature:.4f}" in text and "## Calibration" in text
+    report = trainer.calibration_report
+    assert f"ECE {report['calibration_ece_before']:.4f} → {report['calibration_ece_after']:.4f}" in text
     assert "| `calibration` | temperature |" in text
 
 
